@@ -1,0 +1,190 @@
+"""From a policy and one object's context to the settings that apply to it.
+
+Order of precedence, most specific last: policy defaults, then the first matching rule (it replaces each defaults
+key it sets), then the user's `gpuguard.io/*` annotations where `userOverrides` allows them. Mode and limits come
+from the namespace overrides. The result also carries the annotation problems found on the way, so validation can
+refuse a bad override and mutation can ignore it. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
+from typing import Any
+
+from gpuguard.policy import mig
+from gpuguard.policy.loading import PRODUCT_LABEL, unknown_profile_message
+from gpuguard.policy.model import (
+    GpuSpec,
+    Limits,
+    Mode,
+    Policy,
+    Rule,
+    Toleration,
+    TritonMetrics,
+    UserOverride,
+)
+from gpuguard.policy.quantity import whole_number
+from gpuguard.policy.runtime import Runtime
+
+ANNOTATION_PREFIX = "gpuguard.io/"
+APPLIED_ANNOTATION = "gpuguard.io/applied"
+SKIP_ANNOTATION = "gpuguard.io/skip"
+OVERRIDE_ANNOTATIONS: Mapping[UserOverride, str] = {
+    "gpu-count": "gpuguard.io/gpu-count",
+    "mig-profile": "gpuguard.io/mig-profile",
+    "gpu-product": "gpuguard.io/gpu-product",
+    "sharing": "gpuguard.io/sharing",
+    "skip": SKIP_ANNOTATION,
+}
+DEFAULTS_RULE = "defaults"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something wrong with an object, phrased for the person who wrote it: what, where, and how to fix it."""
+
+    where: str
+    """`container 'kserve-container'`, `annotation gpuguard.io/gpu-count`, `predictor.model`."""
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}. Fix: {self.fix}"
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """The settings that apply to one object."""
+
+    rule: str
+    mode: Mode
+    limits: Limits
+    gpu: GpuSpec
+    tolerations: tuple[Toleration, ...]
+    node_selector: Mapping[str, str]
+    scheduler_name: str
+    triton_metrics: TritonMetrics
+    rename_shared: bool
+    skip: bool = False
+    problems: tuple[Problem, ...] = ()
+    """Invalid user annotations: validation refuses them, mutation ignores them."""
+    notes: tuple[str, ...] = field(default=())
+    """Annotations that were ignored because policy does not let users set them."""
+
+
+def namespace_mode_and_limits(policy: Policy, namespace: str) -> tuple[Mode, Limits]:
+    """An exact namespace key wins; otherwise the first glob in file order that matches."""
+    override = policy.namespaces.get(namespace)
+    if override is None:
+        override = next((o for glob, o in policy.namespaces.items() if fnmatchcase(namespace, glob)), None)
+    if override is None:
+        return policy.mode, policy.limits
+    limits = policy.limits
+    if override.limits is not None:
+        changed = override.limits.model_dump(exclude_none=True)
+        limits = limits.model_copy(update=changed)
+    return override.mode or policy.mode, limits
+
+
+def matching_rule(policy: Policy, *, namespace: str, runtime: Runtime, labels: Mapping[str, Any]) -> Rule | None:
+    return next((r for r in policy.rules if _rule_matches(r, namespace, runtime, labels)), None)
+
+
+def _rule_matches(rule: Rule, namespace: str, runtime: Runtime, labels: Mapping[str, Any]) -> bool:
+    match = rule.match
+    if match.namespaces and not any(fnmatchcase(namespace, glob) for glob in match.namespaces):
+        return False
+    if match.runtimes and runtime not in match.runtimes:
+        return False
+    return all(labels.get(key) == value for key, value in match.labels.items())
+
+
+def resolve(
+    policy: Policy,
+    *,
+    namespace: str,
+    runtime: Runtime,
+    labels: Mapping[str, Any],
+    annotations: Mapping[str, Any],
+) -> Effective:
+    """The settings for an object in `namespace` running `runtime` with these labels and annotations."""
+    mode, limits = namespace_mode_and_limits(policy, namespace)
+    rule = matching_rule(policy, namespace=namespace, runtime=runtime, labels=labels)
+    base = policy.defaults
+    effective = Effective(
+        rule=rule.name if rule else DEFAULTS_RULE,
+        mode=mode,
+        limits=limits,
+        gpu=rule.gpu if rule and rule.gpu is not None else base.gpu,
+        tolerations=rule.tolerations if rule and rule.tolerations is not None else base.tolerations,
+        node_selector=rule.node_selector if rule and rule.node_selector is not None else base.node_selector,
+        scheduler_name=rule.scheduler_name if rule and rule.scheduler_name is not None else base.scheduler_name,
+        triton_metrics=rule.triton_metrics if rule and rule.triton_metrics is not None else base.triton_metrics,
+        rename_shared=policy.time_slicing.rename_by_default,
+    )
+    return _apply_user_overrides(effective, policy.user_overrides, annotations)
+
+
+def _apply_user_overrides(
+    effective: Effective, allowed: tuple[UserOverride, ...], annotations: Mapping[str, Any]
+) -> Effective:
+    problems: list[Problem] = []
+    notes: list[str] = []
+    given = {kind: str(annotations[key]) for kind, key in OVERRIDE_ANNOTATIONS.items() if key in annotations}
+    for kind in [k for k in given if k not in allowed]:
+        notes.append(
+            f"annotation {OVERRIDE_ANNOTATIONS[kind]} ignored: the GPU policy does not let users set it "
+            f"(ask the cluster admin to add {kind!r} to userOverrides)"
+        )
+        del given[kind]
+    gpu_choices = [k for k in ("gpu-count", "mig-profile", "sharing") if k in given]
+    if len(gpu_choices) > 1:
+        names = ", ".join(OVERRIDE_ANNOTATIONS[k] for k in gpu_choices)
+        problems.append(Problem(f"annotations {names}", "conflict", "set only one of them"))
+        gpu_choices = []
+    gpu = effective.gpu
+    if gpu_choices:
+        gpu = _gpu_from_annotation(gpu_choices[0], given[gpu_choices[0]], effective.limits, problems) or gpu
+    node_selector = dict(effective.node_selector)
+    if "gpu-product" in given:
+        node_selector[PRODUCT_LABEL] = given["gpu-product"]
+    skip = given.get("skip", "").lower() == "true"
+    return replace(
+        effective, gpu=gpu, node_selector=node_selector, skip=skip, problems=tuple(problems), notes=tuple(notes)
+    )
+
+
+def _gpu_from_annotation(kind: str, value: str, limits: Limits, problems: list[Problem]) -> GpuSpec | None:
+    where = f"annotation {OVERRIDE_ANNOTATIONS[kind]}"  # type: ignore[index]  # kind is one of the GPU overrides
+    if kind == "gpu-count":
+        count = whole_number(value)
+        if count is None or count < 1:
+            problems.append(Problem(where, f"{value!r} is not a whole number of GPUs", "write a count such as \"1\""))
+            return None
+        if count > limits.max_gpus_per_pod:
+            problems.append(
+                Problem(where, f"{count} GPUs exceeds the limit of {limits.max_gpus_per_pod} per pod",
+                        f"ask for at most {limits.max_gpus_per_pod}, or use a MIG profile")
+            )
+            return None
+        return GpuSpec(count=count)
+    if kind == "mig-profile":
+        return _mig_from_annotation(where, value, limits, problems)
+    if value != "time-slicing":
+        problems.append(Problem(where, f"{value!r} is not a sharing mode", "write \"time-slicing\""))
+        return None
+    return GpuSpec(sharing="timeSlicing")
+
+
+def _mig_from_annotation(where: str, value: str, limits: Limits, problems: list[Problem]) -> GpuSpec | None:
+    if not mig.is_known_profile(value):
+        problems.append(Problem(where, unknown_profile_message(value), "use one of the known profiles"))
+        return None
+    if limits.allowed_mig_profiles and value not in limits.allowed_mig_profiles:
+        allowed = ", ".join(limits.allowed_mig_profiles)
+        problems.append(Problem(where, f"MIG profile {value!r} is not allowed here", f"use one of: {allowed}"))
+        return None
+    return GpuSpec(mig_profile=value)
+

@@ -1,0 +1,1 @@
+"""aiohttp helpers every service shares: TLS, serving two listeners, probes, /metrics, policy reloading."""

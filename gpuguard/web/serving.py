@@ -1,0 +1,102 @@
+"""Run aiohttp applications on one or more listeners until SIGTERM, and the small handlers every service has.
+
+One process may serve two listeners (HTTPS admission + plain-HTTP metrics), so apps are started with `AppRunner` and
+`TCPSite` rather than `web.run_app`. Each service builds its apps with a `create_app(...)` factory; this module only
+binds them to sockets and takes them down gracefully (in-flight requests finish, up to `shutdown_timeout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+log = logging.getLogger(__name__)
+
+ReadyCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    app: web.Application
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None = None
+    name: str = "http"
+
+
+def add_metrics_route(app: web.Application, registry: CollectorRegistry) -> None:
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+
+
+def metrics_app(registry: CollectorRegistry) -> web.Application:
+    """A plain-HTTP app serving only /metrics, for a separate metrics port."""
+    app = web.Application()
+    add_metrics_route(app, registry)
+    return app
+
+
+def add_probes(app: web.Application, *, ready: ReadyCheck) -> None:
+    """`/healthz`: the process serves requests. `/readyz`: it also has what it needs to answer correctly."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready"}, status=503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
+def run(listeners: Sequence[Listener], *, shutdown_timeout: float = 10.0) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight requests finish."""
+    asyncio.run(serve_until_stopped(listeners, shutdown_timeout=shutdown_timeout))
+
+
+async def serve_until_stopped(listeners: Sequence[Listener], *, shutdown_timeout: float = 10.0) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runners = await start(listeners, shutdown_timeout=shutdown_timeout)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+async def start(listeners: Sequence[Listener], *, shutdown_timeout: float = 10.0) -> list[web.AppRunner]:
+    """Start every listener; the caller owns the returned runners and must `cleanup()` them."""
+    runners: list[web.AppRunner] = []
+    try:
+        for listener in listeners:
+            runner = web.AppRunner(
+                listener.app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout
+            )
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, listener.host, listener.port, ssl_context=listener.ssl_context)
+            await site.start()
+            scheme = "https" if listener.ssl_context else "http"
+            log.info("%s listening on %s", listener.name, ", ".join(_urls(runner, scheme)))
+    except BaseException:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        raise
+    return runners
+
+
+def _urls(runner: web.AppRunner, scheme: str) -> list[str]:
+    return [f"{scheme}://{addr[0]}:{addr[1]}" for addr in runner.addresses if isinstance(addr, tuple)]

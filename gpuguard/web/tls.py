@@ -1,0 +1,213 @@
+"""TLS for the services: self-signed certificates built with `cryptography`, and server contexts that reload.
+
+kube-apiserver calls a webhook at `<service>.<namespace>.svc` and checks the certificate's SANs (CN-only
+certificates are rejected since Go 1.15), so the self-signed server certificate carries every name the service can
+be reached by: `S`, `S.N`, `S.N.svc`, `S.N.svc.cluster.local`, plus localhost and 127.0.0.1 for probes and tests.
+
+The CA and the server certificate are separate: the CA (whose certificate is the webhook's `caBundle`) lives ten
+years and is reused from disk, while the server certificate is reissued by that CA when it nears expiry or its names
+change. The caBundle therefore stays equal across restarts and upgrades, the failure users of other webhooks keep
+hitting. Certificates mounted from a Secret (cert-manager rotates them in place) are re-read when they change.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_VALIDITY = datetime.timedelta(days=3650)
+SERVER_VALIDITY = datetime.timedelta(days=365)
+RENEW_BEFORE = datetime.timedelta(days=30)
+"""Reissue the server certificate when less than this is left, well before any client sees it expire."""
+
+# TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 suites are all modern and not affected by this list.
+MODERN_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+def service_names(service: str, namespace: str) -> list[str]:
+    """The DNS names a Kubernetes Service is reached by from inside the cluster."""
+    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"]
+
+
+def default_sans(service: str | None, namespace: str | None) -> list[str]:
+    names = service_names(service, namespace) if service and namespace else ([service] if service else [])
+    return [*names, "localhost", "127.0.0.1", "::1"]
+
+
+def ensure_self_signed(directory: Path, sans: Sequence[str], *, now: datetime.datetime | None = None) -> TlsFiles:
+    """Write `ca.crt`, `ca.key`, `tls.crt`, `tls.key` into `directory` if absent; reuse what is there.
+
+    The server certificate is reissued (by the same CA) when it expires within `RENEW_BEFORE` or lacks a name in
+    `sans`; the CA is only created when missing, so a caBundle taken from `ca.crt` stays valid.
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+    ca_key_path = directory / "ca.key"
+    if files.ca_cert.exists() and ca_key_path.exists():
+        ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{ca_key_path}: expected an EC private key")
+    else:
+        ca_cert, ca_key = build_ca(now=now)
+        _write(ca_key_path, _key_pem(ca_key), private=True)
+        _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    if not _server_cert_usable(files, ca_cert, sans, now):
+        cert, key = build_server_cert(ca_cert, ca_key, sans, now=now)
+        _write(files.key, _key_pem(key), private=True)
+        _write(files.cert, cert.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def build_ca(*, now: datetime.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpuguard-ca")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def build_server_cert(
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, sans: Sequence[str], *, now: datetime.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    common_name = next((s for s in sans if not _is_ip(s)), "gpuguard")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + SERVER_VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(_general_names(sans)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context that speaks TLS 1.2+ with forward-secret AEAD ciphers only."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(MODERN_TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class ReloadingCertificate:
+    """Keeps a server context's certificate equal to the files on disk.
+
+    `refresh()` re-reads the pair when their content changed; new handshakes then present the new certificate
+    while connections already open keep theirs. A half-written pair (cert and key not matching yet) is skipped
+    and retried on the next call, so a rotation is never observed torn.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert, self.key = cert, key
+        self.context = server_context(cert, key)
+        self._digest = self._read_digest()
+
+    def _read_digest(self) -> str:
+        return hashlib.sha256(self.cert.read_bytes() + b"\0" + self.key.read_bytes()).hexdigest()
+
+    def refresh(self) -> bool:
+        """Reload if the files changed; True when a new certificate is now served."""
+        try:
+            digest = self._read_digest()
+            if digest == self._digest:
+                return False
+            self.context.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError, ValueError):
+            return False
+        self._digest = digest
+        return True
+
+
+def _server_cert_usable(files: TlsFiles, ca: x509.Certificate, sans: Sequence[str], now: datetime.datetime) -> bool:
+    if not (files.cert.exists() and files.key.exists()):
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    present = {str(n) for n in names.get_values_for_type(x509.DNSName)}
+    present |= {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    wanted = {str(ipaddress.ip_address(s)) if _is_ip(s) else s for s in sans}
+    fresh = cert.not_valid_after_utc - now > RENEW_BEFORE
+    return cert.issuer == ca.subject and wanted <= present and fresh
+
+
+def _general_names(sans: Sequence[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for san in dict.fromkeys(sans):
+        names.append(x509.IPAddress(ipaddress.ip_address(san)) if _is_ip(san) else x509.DNSName(san))
+    return names
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+        key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign, encipher_only=False, decipher_only=False,
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Write atomically (temp file + rename) so a reader never sees half a certificate."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_bytes(data)
+    if private:
+        os.chmod(temp, 0o600)
+    os.replace(temp, path)

@@ -1,0 +1,138 @@
+"""The webhook's HTTP shell: parse the AdmissionReview, call the pure decision, encode the reply.
+
+Errors are translated here, once, into the protocol's own channel: a body that is not an AdmissionReview gets HTTP
+400 with a JSON error; a failure inside the decision gets a normal AdmissionReview reply, allowed or denied per
+`on_internal_error`, with a status message, logged with the request uid. No exception escapes a handler, and request
+bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry
+
+from gpuguard.contracts.admission import (
+    AdmissionResponse,
+    AdmissionReview,
+    InvalidReview,
+    allow,
+    deny,
+    encode_reply,
+    parse_review,
+)
+from gpuguard.web.policy_source import PolicySource
+from gpuguard.web.serving import add_metrics_route, add_probes
+from gpuguard.web.tls import ReloadingCertificate
+from webhook import keys
+from webhook.metrics import WebhookMetrics
+from webhook.review import Outcome, display_name, review
+from webhook.settings import WebhookSettings
+
+log = logging.getLogger(__name__)
+
+Endpoint = Literal["mutate", "validate"]
+_LOGGED_DECISIONS = frozenset({"denied", "warned", "audited"})
+
+
+def create_app(
+    settings: WebhookSettings,
+    *,
+    policy: PolicySource,
+    registry: CollectorRegistry,
+    certificate: ReloadingCertificate | None = None,
+    serve_metrics: bool = False,
+) -> web.Application:
+    """The HTTPS admission app. `serve_metrics` also mounts /metrics here (tests; normally a separate port)."""
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[keys.SETTINGS] = settings
+    app[keys.POLICY] = policy
+    app[keys.METRICS] = metrics = WebhookMetrics(registry)
+    app.router.add_post("/mutate", _handler("mutate"))
+    app.router.add_post("/validate", _handler("validate"))
+    add_probes(app, ready=lambda: True)
+    if serve_metrics:
+        add_metrics_route(app, registry)
+    app.cleanup_ctx.append(lambda _: policy.watching(settings.reload_interval))
+    if certificate is not None:
+        app.cleanup_ctx.append(lambda _: _watch_certificate(certificate, metrics, settings.reload_interval))
+    return app
+
+
+def _handler(endpoint: Endpoint) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await answer(request, endpoint)
+
+    return handle
+
+
+async def answer(request: web.Request, endpoint: Endpoint) -> web.Response:
+    app = request.app
+    metrics = app[keys.METRICS]
+    started = time.perf_counter()
+    try:
+        body = await request.read()
+        admission = parse_review(body)
+    except InvalidReview as error:
+        metrics.bad_requests.labels(endpoint).inc()
+        return web.json_response({"error": str(error)}, status=400)
+    response, outcome = _decide(endpoint, admission, app[keys.POLICY], app[keys.SETTINGS])
+    reply = encode_reply(admission.api_version, response)
+    metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+    _record(metrics, endpoint, admission, outcome)
+    return web.Response(body=reply, content_type="application/json")
+
+
+def _decide(
+    endpoint: Endpoint, admission: AdmissionReview, policy: PolicySource, settings: WebhookSettings
+) -> tuple[AdmissionResponse, Outcome | None]:
+    request = admission.request
+    try:
+        outcome = review(endpoint, request, policy.policy)
+    except Exception:  # a bug must cost one answer, not the server: reply per the configured failure mode
+        log.exception("internal error on /%s uid=%s %s", endpoint, request.uid, display_name(request))
+        message = f"gpuguard internal error on /{endpoint} (uid {request.uid}); see the webhook log"
+        if settings.on_internal_error == "deny":
+            return deny(request.uid, message, code=500, reason="InternalError"), None
+        return allow(request.uid, warnings=[message]), None
+    return outcome.response, outcome
+
+
+def _record(metrics: WebhookMetrics, endpoint: Endpoint, admission: AdmissionReview, outcome: Outcome | None) -> None:
+    request = admission.request
+    decision = outcome.decision if outcome else "error"
+    kind = outcome.kind if outcome else request.kind.kind
+    metrics.admissions.labels(endpoint, request.operation, kind, decision, outcome.rule if outcome else "").inc()
+    if outcome is not None and outcome.decision in _LOGGED_DECISIONS:
+        problems = "; ".join(str(p) for p in outcome.problems)
+        log.info("%s %s %s uid=%s rule=%s: %s", decision, kind, display_name(request), request.uid, outcome.rule,
+                 problems)
+
+
+@contextlib.asynccontextmanager
+async def _watch_certificate(
+    certificate: ReloadingCertificate, metrics: WebhookMetrics, interval: float
+) -> AsyncIterator[None]:
+    """Re-read the serving certificate in the background (cert-manager rotates its Secret in place)."""
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if await asyncio.to_thread(certificate.refresh):
+                metrics.certificate_reloads.inc()
+                log.info("serving certificate reloaded from %s", certificate.cert)
+
+    task = asyncio.create_task(poll())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

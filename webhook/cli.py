@@ -1,0 +1,101 @@
+"""`gpuguard webhook` (the HTTPS server) and the offline `gpuguard mutate` / `gpuguard validate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
+
+from gpuguard.cli_support import add_listen_arguments, add_policy_argument, env_default, env_int
+from gpuguard.policy.loading import PolicyError
+from gpuguard.web import serving
+from gpuguard.web.policy_source import PolicySource
+from gpuguard.web.tls import ReloadingCertificate, default_sans, ensure_self_signed
+from webhook import offline
+from webhook.app import create_app
+from webhook.settings import WebhookSettings
+
+
+def add_webhook_parser(commands: Any) -> None:
+    parser = commands.add_parser("webhook", help="run the mutating + validating admission webhook (HTTPS)")
+    add_listen_arguments(parser, port=8443)
+    add_policy_argument(parser)
+    parser.add_argument("--tls-cert", type=Path, default=env_default("TLS_CERT"), help="serving certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, default=env_default("TLS_KEY"), help="its private key (PEM)")
+    parser.add_argument(
+        "--self-signed", type=Path, metavar="DIR", default=env_default("SELF_SIGNED"),
+        help="write ca.crt, tls.crt, tls.key into DIR if absent (reuse them if present) and serve those",
+    )
+    parser.add_argument("--service-name", default=env_default("SERVICE_NAME"), help="Service name, for the SANs")
+    parser.add_argument("--namespace", default=env_default("NAMESPACE"), help="Service namespace, for the SANs")
+    parser.add_argument(
+        "--metrics-port", type=int, default=env_int("METRICS_PORT", 9090), help="plain-HTTP /metrics port; 0 disables"
+    )
+    parser.add_argument(
+        "--on-internal-error", choices=["allow", "deny"], default=env_default("ON_INTERNAL_ERROR", "allow"),
+        help="answer when the decision itself fails (default allow, with a warning)",
+    )
+    parser.set_defaults(func=run_webhook)
+
+
+def add_offline_parsers(commands: Any) -> None:
+    for name, func, text in (
+        ("mutate", offline.mutate_command, "print the objects as the webhook would admit them (YAML)"),
+        ("validate", offline.validate_command, "print each violation and its fix; exit 1 if there is any"),
+    ):
+        parser = commands.add_parser(name, help=text)
+        parser.add_argument("-f", "--filename", required=True, help="YAML manifest (Pods, InferenceServices); - = stdin")
+        add_policy_argument(parser)
+        parser.add_argument("--namespace", default="default", help="namespace for objects that do not set one")
+        parser.set_defaults(func=func)
+
+
+def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
+    return WebhookSettings(
+        host=args.host,
+        port=args.port,
+        policy_path=args.policy,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        self_signed_dir=args.self_signed,
+        service_name=args.service_name,
+        namespace=args.namespace,
+        metrics_port=args.metrics_port,
+        on_internal_error=args.on_internal_error,
+    )
+
+
+def run_webhook(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    try:
+        policy = PolicySource(settings.policy_path, registry=registry)
+        certificate = _certificate(settings)
+    except PolicyError as error:
+        print(f"gpuguard webhook: the policy {settings.policy_path} is invalid:\n{error}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as error:
+        print(f"gpuguard webhook: {error}", file=sys.stderr)
+        return 2
+    app = create_app(settings, policy=policy, registry=registry, certificate=certificate)
+    listeners = [serving.Listener(app, settings.host, settings.port, certificate.context, "admission")]
+    if settings.metrics_port:
+        listeners.append(serving.Listener(serving.metrics_app(registry), settings.host, settings.metrics_port,
+                                          name="metrics"))
+    serving.run(listeners)
+    return 0
+
+
+def _certificate(settings: WebhookSettings) -> ReloadingCertificate:
+    """kube-apiserver only calls webhooks over HTTPS, so a certificate is required one way or the other."""
+    if settings.self_signed_dir is not None:
+        files = ensure_self_signed(settings.self_signed_dir, default_sans(settings.service_name, settings.namespace))
+        return ReloadingCertificate(files.cert, files.key)
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("give --tls-cert and --tls-key, or --self-signed DIR (kube-apiserver requires HTTPS)")
+    return ReloadingCertificate(settings.tls_cert, settings.tls_key)

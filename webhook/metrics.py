@@ -1,0 +1,37 @@
+"""The webhook's Prometheus metrics, registered on an injected registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# Include kube-apiserver's own latency edges (5, 25, 100 ms in apiserver_admission_webhook_admission_duration_seconds)
+# so the two histograms can be compared bucket for bucket.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class WebhookMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.admissions = Counter(
+            "gpuguard_webhook_admissions",
+            "Admission requests answered, by endpoint, operation, object kind, decision and policy rule",
+            ["endpoint", "operation", "kind", "decision", "rule"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "gpuguard_webhook_admission_duration_seconds",
+            "Time from reading the request body to the encoded reply, in seconds",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.bad_requests = Counter(
+            "gpuguard_webhook_bad_requests",
+            "Bodies refused with HTTP 400 (not JSON, or not an AdmissionReview)",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.certificate_reloads = Counter(
+            "gpuguard_webhook_certificate_reloads",
+            "Serving certificate reloads after the files changed on disk",
+            registry=registry,
+        )
