@@ -20,13 +20,13 @@ KNOWN_RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 # (runtime, substrings of an image path or ServingRuntime name, substrings of a command/args word). Images are
 # matched loosely (`my-org/triton-custom` is Triton); commands only by server executables, because arguments carry
-# free text such as model ids and paths. huggingface comes before vllm: KServe's Hugging Face server runs vLLM as a
-# backend (`--backend=vllm`).
+# free text such as model ids and paths. TGI's image lives under huggingface/, so it goes first; huggingface comes
+# before vllm: KServe's Hugging Face server runs vLLM as a backend (`--backend=vllm`).
 SIGNATURES: tuple[tuple[Runtime, tuple[str, ...], tuple[str, ...]], ...] = (
     ("triton", ("tritonserver", "triton"), ("tritonserver",)),
+    ("tgi", ("text-generation-inference",), ("text-generation-launcher", "text-generation-server")),
     ("huggingface", ("huggingfaceserver", "huggingface"), ("huggingfaceserver",)),
     ("vllm", ("vllm",), ("vllm",)),
-    ("tgi", ("text-generation-inference",), ("text-generation-launcher", "text-generation-server")),
     ("sklearn", ("sklearnserver", "sklearn"), ("sklearnserver",)),
     ("xgboost", ("xgbserver", "xgboost"), ("xgbserver",)),
     ("lightgbm", ("lgbserver", "lightgbm"), ("lgbserver",)),
