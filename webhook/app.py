@@ -32,6 +32,7 @@ from gpuguard.web.policy_source import PolicySource
 from gpuguard.web.serving import add_metrics_route, add_probes
 from gpuguard.web.tls import ReloadingCertificate
 from webhook import keys
+from webhook.memo import MutationMemo
 from webhook.metrics import WebhookMetrics
 from webhook.review import Outcome, display_name, review
 from webhook.settings import WebhookSettings
@@ -55,6 +56,7 @@ def create_app(
     app[keys.SETTINGS] = settings
     app[keys.POLICY] = policy
     app[keys.METRICS] = metrics = WebhookMetrics(registry)
+    app[keys.MEMO] = MutationMemo()
     app.router.add_post("/mutate", _handler("mutate"))
     app.router.add_post("/validate", _handler("validate"))
     add_probes(app, ready=lambda: True)
@@ -79,23 +81,24 @@ async def answer(request: web.Request, endpoint: Endpoint) -> web.Response:
     started = time.perf_counter()
     try:
         body = await request.read()
-        admission = parse_review(body)
+        admission = parse_review(body, pod_view=endpoint == "mutate")
     except InvalidReview as error:
         metrics.bad_requests.labels(endpoint).inc()
         return web.json_response({"error": str(error)}, status=400)
-    response, outcome = _decide(endpoint, admission, app[keys.POLICY], app[keys.SETTINGS])
+    response, outcome = _decide(endpoint, admission, app)
     reply = encode_reply(admission.api_version, response)
-    metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
-    _record(metrics, endpoint, admission, outcome)
+    _record(metrics, endpoint, admission, outcome, time.perf_counter() - started)
     return web.Response(body=reply, content_type="application/json")
 
 
-def _decide(
-    endpoint: Endpoint, admission: AdmissionReview, policy: PolicySource, settings: WebhookSettings
-) -> tuple[AdmissionResponse, Outcome | None]:
+def _decide(endpoint: Endpoint, admission: AdmissionReview, app: web.Application) -> tuple[AdmissionResponse, Outcome | None]:
     request = admission.request
+    policy, settings = app[keys.POLICY], app[keys.SETTINGS]
     try:
-        outcome = review(endpoint, request, policy.policy)
+        if endpoint == "mutate":
+            outcome = app[keys.MEMO].mutate(request, policy.policy, generation=policy.generation)
+        else:
+            outcome = review(endpoint, request, policy.policy)
     except Exception:  # a bug must cost one answer, not the server: reply per the configured failure mode
         log.exception("internal error on /%s uid=%s %s", endpoint, request.uid, display_name(request))
         message = f"gpuguard internal error on /{endpoint} (uid {request.uid}); see the webhook log"
@@ -105,11 +108,13 @@ def _decide(
     return outcome.response, outcome
 
 
-def _record(metrics: WebhookMetrics, endpoint: Endpoint, admission: AdmissionReview, outcome: Outcome | None) -> None:
+def _record(
+    metrics: WebhookMetrics, endpoint: Endpoint, admission: AdmissionReview, outcome: Outcome | None, seconds: float
+) -> None:
     request = admission.request
     decision = outcome.decision if outcome else "error"
     kind = outcome.kind if outcome else request.kind.kind
-    metrics.admissions.labels(endpoint, request.operation, kind, decision, outcome.rule if outcome else "").inc()
+    metrics.admitted(endpoint, request.operation, kind, decision, outcome.rule if outcome else "", seconds)
     if outcome is not None and outcome.decision in _LOGGED_DECISIONS:
         problems = "; ".join(str(p) for p in outcome.problems)
         log.info("%s %s %s uid=%s rule=%s: %s", decision, kind, display_name(request), request.uid, outcome.rule,

@@ -11,6 +11,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 class WebhookMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._admission_children: dict[tuple[str, ...], Counter] = {}
+        self._duration_children: dict[str, Histogram] = {}
         self.admissions = Counter(
             "gpuguard_webhook_admissions",
             "Admission requests answered, by endpoint, operation, object kind, decision and policy rule",
@@ -35,3 +37,19 @@ class WebhookMetrics:
             "Serving certificate reloads after the files changed on disk",
             registry=registry,
         )
+
+    def admitted(self, endpoint: str, operation: str, kind: str, decision: str, rule: str, seconds: float) -> None:
+        """Count one answered request and its latency.
+
+        Labelled children are looked up once and kept: `labels()` with five labels costs more than the rest of
+        this call, and the label sets are few (endpoints x operations x kinds x decisions x rules).
+        """
+        key = (endpoint, operation, kind, decision, rule)
+        counter = self._admission_children.get(key)
+        if counter is None:
+            counter = self._admission_children[key] = self.admissions.labels(*key)
+        counter.inc()
+        timer = self._duration_children.get(endpoint)
+        if timer is None:
+            timer = self._duration_children[endpoint] = self.duration.labels(endpoint)
+        timer.observe(seconds)

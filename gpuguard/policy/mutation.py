@@ -2,9 +2,9 @@
 
 The plan is built directly from the few subtrees we touch (model container resources, tolerations, node selector,
 schedulerName, annotations) instead of diffing the whole pod: `jsonpatch.make_patch` on a 4.6 KB pod costs about
-ten times the rest of an admission request. Paths are built with `jsonpointer` so keys such as
-`prometheus.io/port` are escaped (`prometheus.io~1port`); a missing parent map is added whole, because JSON Patch
-cannot add a key under a map that does not exist.
+ten times the rest of an admission request. Each path segment is escaped by `jsonpointer.escape` (RFC 6901: `~` is
+`~0`, `/` is `~1`, so `prometheus.io/port` becomes `prometheus.io~1port`); a missing parent map is added whole,
+because JSON Patch cannot add a key under a map that does not exist.
 
 What the user wrote wins: an explicit GPU resource, node selector value, toleration or scheduler is kept, so the
 plan is idempotent (planning again on the patched pod yields no operations; the webhook is registered with
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonpointer import JsonPointer
+from jsonpointer import escape
 
 from gpuguard.policy import podspec
 from gpuguard.policy.mig import mig_resource_name
@@ -42,6 +42,11 @@ class MutationPlan:
     warnings: tuple[str, ...] = ()
 
 
+def pointer_key(key: str) -> str:
+    """One JSON Pointer segment: `nvidia.com/gpu` -> `nvidia.com~1gpu` (RFC 6901, by jsonpointer)."""
+    return escape(key)
+
+
 @dataclass(slots=True)
 class _Draft:
     ops: list[Op] = field(default_factory=list)
@@ -49,8 +54,8 @@ class _Draft:
     warnings: list[str] = field(default_factory=list)
     annotations: dict[str, str] = field(default_factory=dict)
 
-    def add(self, parts: Sequence[str | int], value: Any, change: str, *, replace: bool = False) -> None:
-        path = JsonPointer.from_parts([str(p) for p in parts]).path
+    def add(self, path: str, value: Any, change: str, *, replace: bool = False) -> None:
+        """Record one operation; `path` is a JSON Pointer whose user-supplied segments went through `pointer_key`."""
         self.ops.append({"op": "replace" if replace else "add", "path": path, "value": value})
         self.changes.append(change)
 
@@ -71,14 +76,15 @@ def plan_pod(pod: JsonObject, effective: Effective, *, runtime: Runtime) -> Muta
     """Everything gpuguard adds to this pod under these settings; empty if the pod already has it all."""
     draft = _Draft(warnings=list(effective.notes))
     pod_spec = podspec.spec_of(pod)
-    added_gpu = _plan_resources(draft, pod_spec, effective)
-    gpu_pod = added_gpu or any(c.asks_for_gpu() for c in podspec.all_containers(pod_spec))
+    model = podspec.model_container(pod_spec)
+    added_gpu = _plan_resources(draft, model, effective)
+    gpu_pod = added_gpu or podspec.pod_asks_for_gpu(pod_spec)
     if gpu_pod:
         _plan_tolerations(draft, pod_spec, effective.tolerations)
         _plan_node_selector(draft, pod_spec, _node_selector(effective))
         _plan_scheduler(draft, pod_spec, effective.scheduler_name)
     if runtime == "triton" and effective.triton_metrics.enabled:
-        _plan_triton(draft, pod, effective)
+        _plan_triton(draft, pod, model, effective)
     _plan_annotations(draft, pod, {APPLIED_ANNOTATION: effective.rule})
     return draft.freeze()
 
@@ -89,9 +95,8 @@ def _node_selector(effective: Effective) -> Mapping[str, str]:
     return {**effective.node_selector, SHARING_STRATEGY_LABEL: "time-slicing"}
 
 
-def _plan_resources(draft: _Draft, pod_spec: JsonObject, effective: Effective) -> bool:
+def _plan_resources(draft: _Draft, target: ContainerRef | None, effective: Effective) -> bool:
     """Give the model container its GPU unless it already names one; True if a GPU was added."""
-    target = podspec.model_container(pod_spec)
     wanted = gpu_resources(effective.gpu, rename_shared=effective.rename_shared)
     if target is None:
         if wanted:
@@ -113,15 +118,15 @@ def _complete_limits(draft: _Draft, container: ContainerRef) -> None:
 
 
 def _add_limits(draft: _Draft, container: ContainerRef, limits: Mapping[str, Any]) -> None:
-    base: list[str | int] = ["spec", container.kind, container.index, "resources"]
+    base = f"/spec/{container.kind}/{container.index}/resources"
     where = f"on {container.name}"
-    if "resources" not in container.body or not isinstance(container.body["resources"], dict):
+    if not isinstance(container.body.get("resources"), dict):
         draft.add(base, {"limits": dict(limits)}, f"limits {_pairs(limits)} {where}")
     elif not isinstance(container.body["resources"].get("limits"), dict):
-        draft.add([*base, "limits"], dict(limits), f"limits {_pairs(limits)} {where}")
+        draft.add(f"{base}/limits", dict(limits), f"limits {_pairs(limits)} {where}")
     else:
         for key, value in limits.items():
-            draft.add([*base, "limits", key], value, f"limits {key}={value} {where}")
+            draft.add(f"{base}/limits/{pointer_key(key)}", value, f"limits {key}={value} {where}")
 
 
 def _plan_tolerations(draft: _Draft, pod_spec: JsonObject, wanted: Sequence[Toleration]) -> None:
@@ -131,10 +136,10 @@ def _plan_tolerations(draft: _Draft, pod_spec: JsonObject, wanted: Sequence[Tole
         return
     labels = [f"toleration {t.get('key') or '*'}:{t.get('effect') or '*'}" for t in missing]
     if "tolerations" not in pod_spec or not isinstance(pod_spec["tolerations"], list):
-        draft.add(["spec", "tolerations"], missing, ", ".join(labels))
+        draft.add("/spec/tolerations", missing, ", ".join(labels))
         return
     for toleration, label in zip(missing, labels, strict=True):
-        draft.add(["spec", "tolerations", "-"], toleration, label)
+        draft.add("/spec/tolerations/-", toleration, label)
 
 
 def _covers(existing: Mapping[str, Any], wanted: Toleration) -> bool:
@@ -158,10 +163,10 @@ def _plan_node_selector(draft: _Draft, pod_spec: JsonObject, wanted: Mapping[str
     if not missing:
         return
     if not isinstance(pod_spec.get("nodeSelector"), dict):
-        draft.add(["spec", "nodeSelector"], missing, f"nodeSelector {_pairs(missing)}")
+        draft.add("/spec/nodeSelector", missing, f"nodeSelector {_pairs(missing)}")
         return
     for key, value in missing.items():
-        draft.add(["spec", "nodeSelector", key], value, f"nodeSelector {key}={value}")
+        draft.add(f"/spec/nodeSelector/{pointer_key(key)}", value, f"nodeSelector {key}={value}")
 
 
 def _plan_scheduler(draft: _Draft, pod_spec: JsonObject, scheduler: str) -> None:
@@ -171,7 +176,7 @@ def _plan_scheduler(draft: _Draft, pod_spec: JsonObject, scheduler: str) -> None
     if current not in ("", DEFAULT_SCHEDULER):
         draft.warnings.append(f"kept schedulerName {current} set on the pod (policy says {scheduler})")
         return
-    draft.add(["spec", "schedulerName"], scheduler, f"schedulerName {scheduler}", replace="schedulerName" in pod_spec)
+    draft.add("/spec/schedulerName", scheduler, f"schedulerName {scheduler}", replace="schedulerName" in pod_spec)
 
 
 _METRICS_PORT = re.compile(r"^--metrics-port(?:=(?P<value>.*))?$")
@@ -192,8 +197,7 @@ def _flag(words: Sequence[str], pattern: re.Pattern[str]) -> str | None:
     return found
 
 
-def _plan_triton(draft: _Draft, pod: JsonObject, effective: Effective) -> None:
-    container = podspec.model_container(podspec.spec_of(pod))
+def _plan_triton(draft: _Draft, pod: JsonObject, container: ContainerRef | None, effective: Effective) -> None:
     words = [] if container is None else [str(w) for w in (*podspec.sequence(container.body.get("command")),
                                                             *podspec.sequence(container.body.get("args")))]
     if (_flag(words, _ALLOW_METRICS) or "true").lower() == "false":
@@ -217,10 +221,10 @@ def _plan_annotations(draft: _Draft, pod: JsonObject, always: Mapping[str, str])
         return
     metadata = podspec.mapping(pod.get("metadata"))
     if not isinstance(metadata.get("annotations"), dict):
-        draft.add(["metadata", "annotations"], wanted, f"annotations {_pairs(wanted)}")
+        draft.add("/metadata/annotations", wanted, f"annotations {_pairs(wanted)}")
         return
     for key, value in wanted.items():
-        draft.add(["metadata", "annotations", key], value, f"annotation {key}={value}")
+        draft.add(f"/metadata/annotations/{pointer_key(key)}", value, f"annotation {key}={value}")
 
 
 def _pairs(values: Mapping[str, Any]) -> str:

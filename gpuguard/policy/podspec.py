@@ -33,9 +33,15 @@ def is_mig_resource(name: str) -> bool:
     return name.startswith(MIG_RESOURCE_PREFIX)
 
 
+_EMPTY: JsonObject = {}
+
+
 def mapping(value: object) -> JsonObject:
-    """The value if it is a JSON object, else an empty one (null, absent and wrong types read as empty)."""
-    return value if isinstance(value, Mapping) else {}
+    """The value if it is a JSON object, else an empty one (null, absent and wrong types read as empty).
+
+    Parsed JSON objects are dicts; checking `dict` rather than the `Mapping` ABC keeps this hot helper cheap.
+    """
+    return value if isinstance(value, dict) else _EMPTY
 
 
 def sequence(value: object) -> list[Any]:
@@ -90,11 +96,29 @@ class ContainerRef:
         return {k: v for k, v in self.requests.items() if is_gpu_resource(k)}
 
     def asks_for_gpu(self) -> bool:
-        return bool(self.gpu_limits() or self.gpu_requests())
+        return asks_for_gpu(self.body)
 
     @property
     def privileged(self) -> bool:
         return mapping(self.body.get("securityContext")).get("privileged") is True
+
+
+def asks_for_gpu(container: JsonObject) -> bool:
+    """Whether a container names any GPU resource in its limits or requests."""
+    resources = mapping(container.get("resources"))
+    for section in (resources.get("limits"), resources.get("requests")):
+        if isinstance(section, dict) and any(is_gpu_resource(name) for name in section):
+            return True
+    return False
+
+
+def pod_asks_for_gpu(pod_spec: JsonObject) -> bool:
+    """Whether any container or init container of the pod names a GPU resource."""
+    return any(
+        asks_for_gpu(mapping(c))
+        for kind in ("containers", "initContainers")
+        for c in sequence(pod_spec.get(kind))
+    )
 
 
 def containers(pod_spec: JsonObject) -> list[ContainerRef]:
@@ -117,12 +141,12 @@ def model_container(pod_spec: JsonObject) -> ContainerRef | None:
 
     Never a sidecar (queue-proxy, agent) or an init container (storage-initializer): GPUs there are wasted.
     """
-    app = containers(pod_spec)
-    named = [c for c in app if c.body.get("name") == MODEL_CONTAINER]
-    if named:
-        return named[0]
-    with_gpu = [c for c in app if c.asks_for_gpu()]
-    return with_gpu[0] if len(with_gpu) == 1 else None
+    app = sequence(pod_spec.get("containers"))
+    for index, body in enumerate(app):
+        if isinstance(body, dict) and body.get("name") == MODEL_CONTAINER:
+            return ContainerRef("containers", index, body)
+    with_gpu = [i for i, body in enumerate(app) if isinstance(body, dict) and asks_for_gpu(body)]
+    return ContainerRef("containers", with_gpu[0], app[with_gpu[0]]) if len(with_gpu) == 1 else None
 
 
 def in_scope(pod: JsonObject) -> bool:

@@ -9,7 +9,7 @@ refuse a bad override and mutation can ignore it. Pure.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -113,28 +113,44 @@ def resolve(
     mode, limits = namespace_mode_and_limits(policy, namespace)
     rule = matching_rule(policy, namespace=namespace, runtime=runtime, labels=labels)
     base = policy.defaults
-    effective = Effective(
+    gpu = rule.gpu if rule and rule.gpu is not None else base.gpu
+    node_selector = rule.node_selector if rule and rule.node_selector is not None else base.node_selector
+    overrides = _user_overrides(policy.user_overrides, annotations, limits)
+    if overrides.product is not None:
+        node_selector = {**node_selector, PRODUCT_LABEL: overrides.product}
+    return Effective(
         rule=rule.name if rule else DEFAULTS_RULE,
         mode=mode,
         limits=limits,
-        gpu=rule.gpu if rule and rule.gpu is not None else base.gpu,
+        gpu=overrides.gpu or gpu,
         tolerations=rule.tolerations if rule and rule.tolerations is not None else base.tolerations,
-        node_selector=rule.node_selector if rule and rule.node_selector is not None else base.node_selector,
+        node_selector=node_selector,
         scheduler_name=rule.scheduler_name if rule and rule.scheduler_name is not None else base.scheduler_name,
         triton_metrics=rule.triton_metrics if rule and rule.triton_metrics is not None else base.triton_metrics,
         rename_shared=policy.time_slicing.rename_by_default,
+        skip=overrides.skip,
+        problems=tuple(overrides.problems),
+        notes=tuple(overrides.notes),
     )
-    return _apply_user_overrides(effective, policy.user_overrides, annotations)
 
 
-def _apply_user_overrides(
-    effective: Effective, allowed: tuple[UserOverride, ...], annotations: Mapping[str, Any]
-) -> Effective:
-    problems: list[Problem] = []
-    notes: list[str] = []
+@dataclass(slots=True)
+class _Overrides:
+    gpu: GpuSpec | None = None
+    product: str | None = None
+    skip: bool = False
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _user_overrides(allowed: tuple[UserOverride, ...], annotations: Mapping[str, Any], limits: Limits) -> _Overrides:
+    """What the user's gpuguard.io/* annotations ask for, where policy lets them; problems for bad values."""
+    found = _Overrides()
+    if not any(key.startswith(ANNOTATION_PREFIX) for key in annotations):
+        return found  # the common case, kept cheap
     given = {kind: str(annotations[key]) for kind, key in OVERRIDE_ANNOTATIONS.items() if key in annotations}
     for kind in [k for k in given if k not in allowed]:
-        notes.append(
+        found.notes.append(
             f"annotation {OVERRIDE_ANNOTATIONS[kind]} ignored: the GPU policy does not let users set it "
             f"(ask the cluster admin to add {kind!r} to userOverrides)"
         )
@@ -142,18 +158,12 @@ def _apply_user_overrides(
     gpu_choices = [k for k in ("gpu-count", "mig-profile", "sharing") if k in given]
     if len(gpu_choices) > 1:
         names = ", ".join(OVERRIDE_ANNOTATIONS[k] for k in gpu_choices)
-        problems.append(Problem(f"annotations {names}", "conflict", "set only one of them"))
-        gpu_choices = []
-    gpu = effective.gpu
-    if gpu_choices:
-        gpu = _gpu_from_annotation(gpu_choices[0], given[gpu_choices[0]], effective.limits, problems) or gpu
-    node_selector = dict(effective.node_selector)
-    if "gpu-product" in given:
-        node_selector[PRODUCT_LABEL] = given["gpu-product"]
-    skip = given.get("skip", "").lower() == "true"
-    return replace(
-        effective, gpu=gpu, node_selector=node_selector, skip=skip, problems=tuple(problems), notes=tuple(notes)
-    )
+        found.problems.append(Problem(f"annotations {names}", "conflict", "set only one of them"))
+    elif gpu_choices:
+        found.gpu = _gpu_from_annotation(gpu_choices[0], given[gpu_choices[0]], limits, found.problems)
+    found.product = given.get("gpu-product")
+    found.skip = given.get("skip", "").lower() == "true"
+    return found
 
 
 def _gpu_from_annotation(kind: str, value: str, limits: Limits, problems: list[Problem]) -> GpuSpec | None:

@@ -93,9 +93,9 @@ def _image_path(image: str) -> str:
 
 
 def _first_signature(texts: Iterable[str], *, loose: bool) -> Runtime | None:
-    texts = list(texts)
+    text = "\0".join(texts)  # one search per needle; NUL never occurs in images or arguments
     for runtime, image_needles, command_needles in SIGNATURES:
-        needles = image_needles if loose else command_needles
-        if any(needle in text for text in texts for needle in needles):
-            return runtime
+        for needle in image_needles if loose else command_needles:
+            if needle in text:
+                return runtime
     return None

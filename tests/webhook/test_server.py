@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import webhook.app
+import webhook.memo
 from gpuguard.web import serving
 from gpuguard.web.policy_source import PolicySource
 from gpuguard.web.tls import ReloadingCertificate, default_sans, ensure_self_signed
@@ -177,15 +178,17 @@ async def test_admissions_are_counted_by_decision_and_rule_and_timed(server: Ser
     assert server.metric("gpuguard_webhook_admission_duration_seconds_bucket", endpoint="mutate", le="0.005") == 1
 
 
+@pytest.mark.parametrize(("path", "module", "name"), [("/mutate", webhook.memo, "mutate"),
+                                                      ("/validate", webhook.app, "review")])
 async def test_an_internal_error_is_answered_per_the_failure_mode_not_crashed(
-    server: Server, monkeypatch: pytest.MonkeyPatch
+    server: Server, monkeypatch: pytest.MonkeyPatch, path: str, module: Any, name: str
 ) -> None:
-    def broken(*_: Any) -> Any:
+    def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(webhook.app, "review", broken)
+    monkeypatch.setattr(module, name, broken)
     body = review_body("review-knative-sklearn.json")
-    status, reply = await server.post("/mutate", body)
+    status, reply = await server.post(path, body)
     assert status == 200
     assert reply["response"]["allowed"] is True
     assert "internal error" in reply["response"]["warnings"][0]

@@ -1,0 +1,220 @@
+"""Webhook benchmark: the pure decision, /mutate throughput against a no-op TLS server, and p99 at a steady rate.
+
+    python bench/webhook_bench.py [--seconds 10] [--rate 1000] [--steady-seconds 20]
+
+Three measurements on the realistic 4.6 KB predictor AdmissionReview in bench/data:
+1. the pure decision (`webhook.review.mutate`) and the whole request path without HTTP (parse + decide + encode),
+   against `jsonpatch.make_patch` on the whole pod, the approach the patch builder avoids;
+2. throughput of `/mutate` over TLS with keep-alive, and of a no-op aiohttp TLS server answering the same request
+   with a fixed reply, both driven by the same `wrk` in the same run (server pinned to CPU 0, wrk to CPU 1);
+3. latency at a steady request rate (open loop: latency counts from each request's scheduled send time, so a
+   stalled server cannot hide its queue), with the error count.
+Timings vary with the machine's load: compare the ratios, which are taken within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import re
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+
+import aiohttp
+import jsonpatch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gpuguard.contracts.admission import decode_patch, encode_reply, parse_review  # noqa: E402
+from gpuguard.policy.loading import default_policy  # noqa: E402
+from webhook.review import mutate  # noqa: E402
+
+PAYLOAD = ROOT / "bench" / "data" / "review-predictor-4.6kb.json"
+NOOP_SERVER = ROOT / "bench" / "noop_tls_server.py"
+
+
+def measure_decision() -> dict[str, float]:
+    body = PAYLOAD.read_bytes()
+    policy = default_policy()
+    request = parse_review(body).request
+
+    def pure() -> None:
+        mutate(request, policy)
+
+    def whole_path() -> None:
+        review = parse_review(body)
+        encode_reply(review.api_version, mutate(review.request, policy).response)
+
+    original = request.object
+    assert original is not None
+    mutated = jsonpatch.apply_patch(copy.deepcopy(original), decode_patch(mutate(request, policy).response))
+
+    def full_diff() -> None:
+        jsonpatch.make_patch(original, mutated)
+
+    return {
+        "decision_median_us": _median_us(pure),
+        "parse_decide_encode_median_us": _median_us(whole_path),
+        "make_patch_whole_pod_median_us": _median_us(full_diff),
+        "payload_bytes": float(len(body)),
+    }
+
+
+def _median_us(func: object, *, number: int = 200, repeat: int = 25) -> float:
+    times = timeit.repeat(func, number=number, repeat=repeat)  # type: ignore[arg-type]
+    return statistics.median(times) / number * 1e6
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pinned(cpu: int, command: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *command] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else command  # type: ignore[operator]
+
+
+def _wait_ready(port: int, context: ssl.SSLContext, timeout: float = 20.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not come up")
+
+
+def start_server(kind: str, port: int, tls_dir: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if kind == "webhook":
+        command = [sys.executable, "-m", "gpuguard", "--log-level", "WARNING", "webhook", "--host", "127.0.0.1",
+                   "--port", str(port), "--self-signed", str(tls_dir), "--metrics-port", "0"]
+    else:
+        command = [sys.executable, str(NOOP_SERVER), str(port), str(tls_dir / "tls.crt"), str(tls_dir / "tls.key")]
+    return subprocess.Popen(_pinned(0, command), env=env, cwd=ROOT)
+
+
+def wrk(port: int, seconds: int, workdir: Path, connections: int = 32) -> dict[str, float]:
+    script = workdir / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.body = io.open("{PAYLOAD}"):read("*a")\n'
+    )
+    command = _pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+                          f"https://127.0.0.1:{port}/mutate"])
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    return {"req_per_s": rate, "non_2xx": float(errors.group(1)) if errors else 0.0,
+            "socket_errors": 0.0 if socket_errors is None else 1.0}
+
+
+async def steady(port: int, rate: int, seconds: int, ca: Path) -> dict[str, float]:
+    body = PAYLOAD.read_bytes()
+    context = ssl.create_default_context(cafile=str(ca))
+    connector = aiohttp.TCPConnector(limit=64, ssl=context)
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=connector) as session:
+        loop = asyncio.get_running_loop()
+
+        async def one(scheduled: float) -> None:
+            nonlocal errors
+            try:
+                async with session.post(f"https://localhost:{port}/mutate", data=body,
+                                        headers={"Content-Type": "application/json"}) as reply:
+                    payload = await reply.read()
+                    if reply.status != 200 or b'"allowed":true' not in payload:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+            latencies.append(loop.time() - scheduled)
+
+        for _ in range(50):  # warm the connections
+            await one(loop.time())
+        latencies.clear()
+        start = loop.time() + 0.1
+        tasks = []
+        for index in range(rate * seconds):
+            scheduled = start + index / rate
+            delay = scheduled - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(scheduled)))
+        await asyncio.gather(*tasks)
+    latencies.sort()
+    return {
+        "requests": float(len(latencies)),
+        "errors": float(errors),
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+        "max_ms": latencies[-1] * 1e3,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="wrk run length per server")
+    parser.add_argument("--rate", type=int, default=1000, help="steady request rate (req/s)")
+    parser.add_argument("--steady-seconds", type=int, default=20)
+    args = parser.parse_args()
+
+    decision = measure_decision()
+    print(f"payload: {decision['payload_bytes']:.0f} bytes (bench/data/{PAYLOAD.name})")
+    print(f"pure decision (mutate), median:            {decision['decision_median_us']:8.1f} us")
+    print(f"parse + decide + encode, median:           {decision['parse_decide_encode_median_us']:8.1f} us")
+    print(f"jsonpatch.make_patch on the whole pod:     {decision['make_patch_whole_pod_median_us']:8.1f} us")
+
+    workdir = Path(tempfile.mkdtemp(prefix="gpuguard-bench-"))
+    tls_dir = workdir / "tls"
+    results: dict[str, dict[str, float]] = {}
+    for kind in ("noop", "webhook"):
+        port = _free_port()
+        if kind == "noop":
+            from gpuguard.web.tls import default_sans, ensure_self_signed
+
+            ensure_self_signed(tls_dir, default_sans(None, None))
+        server = start_server(kind, port, tls_dir)
+        try:
+            _wait_ready(port, ssl.create_default_context(cafile=str(tls_dir / "ca.crt")))
+            wrk(port, 2, workdir)  # warm-up
+            results[kind] = wrk(port, args.seconds, workdir)
+            if kind == "webhook":
+                results["steady"] = asyncio.run(steady(port, args.rate, args.steady_seconds, tls_dir / "ca.crt"))
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    ratio = results["webhook"]["req_per_s"] / results["noop"]["req_per_s"]
+    print(f"no-op aiohttp TLS server:                  {results['noop']['req_per_s']:8.0f} req/s")
+    print(f"gpuguard /mutate:                          {results['webhook']['req_per_s']:8.0f} req/s "
+          f"(non-2xx: {results['webhook']['non_2xx']:.0f})")
+    print(f"throughput ratio /mutate : no-op:          {ratio:8.2f}  (target >= 0.5)")
+    steady_result = results["steady"]
+    print(f"steady {args.rate} req/s for {args.steady_seconds} s: p50 {steady_result['p50_ms']:.2f} ms, "
+          f"p99 {steady_result['p99_ms']:.2f} ms, max {steady_result['max_ms']:.2f} ms, "
+          f"errors {steady_result['errors']:.0f} of {steady_result['requests']:.0f}  (target p99 <= 5 ms, 0 errors)")
+    print(json.dumps({"decision": decision, **results, "ratio": ratio}))
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
