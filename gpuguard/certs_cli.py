@@ -89,13 +89,14 @@ def certificate_problems(
     """What is wrong with a CA and the serving certificate it should have signed (empty: nothing)."""
     try:
         ca = x509.load_pem_x509_certificate(ca_pem)
-        cert = x509.load_pem_x509_certificate(cert_pem) if cert_pem is not None else None
+        chain = x509.load_pem_x509_certificates(cert_pem) if cert_pem is not None else []
     except ValueError as error:
         return [f"not a PEM certificate: {error}"]
     problems = _validity_problems("the CA", ca, now=now, renew_before=datetime.timedelta(0))
-    if cert is not None:
+    if chain:
+        cert = chain[0]
         problems += _validity_problems("the serving certificate", cert, now=now, renew_before=tls.RENEW_BEFORE)
-        problems += _chain_problems(ca, cert) + _name_problems(cert, sans)
+        problems += _chain_problems(ca, chain) + _name_problems(cert, sans)
     return problems
 
 
@@ -109,9 +110,13 @@ def _validity_problems(
     return []
 
 
-def _chain_problems(ca: x509.Certificate, cert: x509.Certificate) -> list[str]:
+def _chain_problems(ca: x509.Certificate, chain: Sequence[x509.Certificate]) -> list[str]:
+    """The serving certificate, through any intermediates sent with it (cert-manager appends them), must lead to
+    the CA; kube-apiserver trusts nothing else."""
     try:
-        cert.verify_directly_issued_by(ca)
+        for certificate, issuer in zip(chain, [*chain[1:], ca]):
+            if certificate != ca:
+                certificate.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
         return ["the serving certificate was not issued by the CA in the caBundle: kube-apiserver would refuse it"]
     return []

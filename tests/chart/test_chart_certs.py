@@ -17,6 +17,9 @@ from pathlib import Path
 import jsonpatch
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from gpuguard.certs_cli import CertificateError, certificate_problems, tls_issuer
 from gpuguard.cli import main
@@ -28,7 +31,7 @@ from gpuguard.k8s.webhook_certs import (
     ca_bundle_patch,
     ensure_webhook_certs,
 )
-from gpuguard.web.tls import default_sans, service_names
+from gpuguard.web.tls import build_ca, build_server_cert, default_sans, service_names
 from tests.chart.fake_apiserver import FakeApiServer, serving, write_kubeconfig
 from tests.chart.helm import NAMESPACE, ROOT, Obj, render
 
@@ -326,3 +329,27 @@ def test_the_serving_certificate_names_match_what_the_api_server_calls() -> None
     names = x509.load_pem_x509_certificate(bundle.cert).extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert f"{SERVICE}.{NAMESPACE}.svc" in names
+
+
+def test_a_serving_certificate_sent_with_its_intermediate_chains_to_the_root() -> None:
+    """cert-manager appends intermediates to tls.crt; the check follows them up to the caBundle's CA."""
+    root_cert, root_key = build_ca(now=NOW)
+    intermediate, intermediate_key = build_ca(now=NOW)
+    intermediate = _signed_by(intermediate, root_cert, root_key)
+    leaf, _ = build_server_cert(intermediate, intermediate_key, SANS, now=NOW)
+    pem = b"".join(c.public_bytes(Encoding.PEM) for c in (leaf, intermediate))
+    names = service_names(SERVICE, NAMESPACE)
+    assert certificate_problems(root_cert.public_bytes(Encoding.PEM), pem, names, now=NOW) == []
+    other_root, _ = build_ca(now=NOW)
+    assert certificate_problems(other_root.public_bytes(Encoding.PEM), pem, names, now=NOW) == [
+        "the serving certificate was not issued by the CA in the caBundle: kube-apiserver would refuse it"]
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """`cert` re-signed by `issuer` (an intermediate CA under a root)."""
+    builder = (x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string("CN=gpuguard-intermediate"))
+               .issuer_name(issuer.subject).public_key(cert.public_key()).serial_number(cert.serial_number)
+               .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc))
+    for extension in cert.extensions:
+        builder = builder.add_extension(extension.value, critical=extension.critical)
+    return builder.sign(key, hashes.SHA256())
