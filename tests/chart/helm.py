@@ -127,3 +127,22 @@ def _template(
 
 def load_values() -> Obj:
     return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def render_with_existing_secret(tmp_path: Path, ca_bundle: str, *sets: str) -> Rendered:
+    """Render as `helm upgrade` does once the Secret exists. `helm template` never reaches a cluster, so `lookup`
+    always finds nothing there; a copy of the chart reads the looked-up Secret from a value instead."""
+    chart = tmp_path / "gpuguard"
+    shutil.copytree(CHART, chart)
+    helpers = chart / "templates" / "webhook" / "_webhook.tpl"
+    call = 'lookup "v1" "Secret" $ctx.Release.Namespace (include "gpuguard.webhookTlsSecret" $ctx)'
+    assert call in helpers.read_text(), "the chart must look up the webhook's own TLS Secret"
+    helpers.write_text(helpers.read_text().replace(call, "$ctx.Values.existingSecret"))
+    (chart / "values.schema.json").unlink()
+    args = ["template", "gpuguard", str(chart), "--namespace", NAMESPACE,
+            "--set", f"existingSecret.data.ca\\.crt={ca_bundle}"]
+    for item in sets:
+        args += ["--set", item]
+    result = run_helm(*args)
+    assert result.returncode == 0, result.stderr
+    return Rendered(tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc))

@@ -11,7 +11,7 @@ import base64
 import datetime
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jsonpatch
@@ -26,6 +26,7 @@ from gpuguard.cli import main
 from gpuguard.k8s.client import api_client
 from gpuguard.k8s.webhook_certs import (
     CertBundle,
+    EnsureReport,
     WebhookCertError,
     WebhookTarget,
     ca_bundle_patch,
@@ -33,7 +34,7 @@ from gpuguard.k8s.webhook_certs import (
 )
 from gpuguard.web.tls import build_ca, build_server_cert, default_sans, service_names
 from tests.chart.fake_apiserver import FakeApiServer, serving, write_kubeconfig
-from tests.chart.helm import NAMESPACE, ROOT, Obj, render
+from tests.chart.helm import NAMESPACE, ROOT, Obj, Rendered, render, render_with_existing_secret
 
 SECRET = "gpuguard-webhook-tls"
 SERVICE = "gpuguard-webhook"
@@ -63,7 +64,7 @@ def kubeconfig(apiserver: FakeApiServer, tmp_path: Path) -> Path:
     return write_kubeconfig(tmp_path / "kubeconfig", apiserver.url)
 
 
-def ensure(kubeconfig: Path, *, now: datetime.datetime = NOW, sans: list[str] = SANS):  # type: ignore[no-untyped-def]
+def ensure(kubeconfig: Path, *, now: datetime.datetime = NOW, sans: list[str] = SANS) -> EnsureReport:
     return ensure_webhook_certs(api_client(kubeconfig=kubeconfig), TARGET, issue=tls_issuer(sans, clock=lambda: now))
 
 
@@ -238,7 +239,9 @@ def test_replacing_the_secret_keeps_its_metadata_and_foreign_keys(apiserver: Fak
     ("due for renewal", lambda b: (b.ca_cert, b.cert, NOW + datetime.timedelta(days=350))),
     ("not issued by the CA", lambda b: (tls_issuer(SANS)(None).ca_cert, b.cert, NOW)),
 ])
-def test_certificate_problems_say_what_kube_apiserver_would_trip_over(problem: str, make) -> None:  # type: ignore[no-untyped-def]
+def test_certificate_problems_say_what_kube_apiserver_would_trip_over(
+    problem: str, make: Callable[[CertBundle], tuple[bytes, bytes, datetime.datetime]]
+) -> None:
     ca, cert, now = make(tls_issuer(SANS)(None))
     problems = certificate_problems(ca, cert, service_names(SERVICE, NAMESPACE), now=now)
     assert any(problem in p for p in problems), problems
@@ -353,3 +356,39 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate, key: ec.Ellipti
     for extension in cert.extensions:
         builder = builder.add_extension(extension.value, critical=extension.critical)
     return builder.sign(key, hashes.SHA256())
+
+
+def test_install_upgrade_and_renewal_keep_the_ca_bundle_equal_to_the_serving_certificates_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The chart's whole sequence, with the API server emulated: every webhook trusts the Secret's CA after each
+    step, an upgrade renders that same caBundle (lookup), and renewal never changes the CA."""
+    with serving(FakeApiServer()) as server:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
+
+        def run(phase: str) -> None:
+            code, _, err = gpuguard_here(capsys, *chart_certs_args(kubeconfig, phase=phase))
+            assert code == 0, err
+
+        def apply(rendered: Rendered) -> None:  # what helm install/upgrade does to the two configurations
+            for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+                server.put(rendered.of_kind(kind)[0])
+
+        run("pre-install")
+        apply(render())
+        run("post-install")
+        installed = stored_bundle(server)
+        assert set(ca_bundles(server).values()) == {installed.ca_bundle}
+
+        upgrade = render_with_existing_secret(tmp_path / "upgrade", installed.ca_bundle)
+        run("pre-upgrade")
+        apply(upgrade)
+        assert set(ca_bundles(server).values()) == {installed.ca_bundle}, "no window without a caBundle"
+        patches = len([r for r in server.writes() if r.method == "PATCH"])
+        run("post-upgrade")
+        assert len([r for r in server.writes() if r.method == "PATCH"]) == patches
+        assert stored_bundle(server) == installed
+
+        report = ensure(kubeconfig, now=NOW + datetime.timedelta(days=340))  # the renewal CronJob, much later
+        assert report.secret == "reissued" and stored_bundle(server).ca_cert == installed.ca_cert
+        assert set(ca_bundles(server).values()) == {installed.ca_bundle}

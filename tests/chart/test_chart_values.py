@@ -33,7 +33,7 @@ def schema_at(path: str) -> dict[str, Any]:
     node = SCHEMA
     for key in path.split("."):
         node = node["properties"][key] if "properties" in node else SCHEMA["definitions"]["resources"]
-    return node  # type: ignore[no-any-return]
+    return node
 
 
 def test_every_value_has_a_schema_entry_with_a_type() -> None:

@@ -6,9 +6,19 @@ server would send to the webhook, for every scenario.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.chart.helm import KUBE_VERSIONS, NAMESPACE, SCENARIOS, Obj, Rendered, render
+from tests.chart.helm import (
+    KUBE_VERSIONS,
+    NAMESPACE,
+    SCENARIOS,
+    Obj,
+    Rendered,
+    render,
+    render_with_existing_secret,
+)
 
 ALL = [(), *((s,) for s in SCENARIOS)]
 IDS = ["defaults", *SCENARIOS]
@@ -233,3 +243,14 @@ def test_without_the_webhook_nothing_certificate_related_is_rendered() -> None:
 
 def _policy_without_scheduler() -> str:
     return "apiVersion: gpuguard.io/v1\nkind: GpuPolicy\n"
+
+
+def test_an_upgrade_renders_the_ca_bundle_the_secret_already_holds(tmp_path: Path) -> None:
+    rendered = render_with_existing_secret(tmp_path, "Q0EgUEVN")
+    assert {hook["clientConfig"]["caBundle"] for hook in webhooks(rendered)} == {"Q0EgUEVN"}
+    assert len(webhooks(rendered)) == 3
+
+
+def test_with_cert_manager_the_chart_never_renders_a_ca_bundle_even_if_a_secret_exists(tmp_path: Path) -> None:
+    rendered = render_with_existing_secret(tmp_path, "Q0EgUEVN", "certificates.mode=certManager")
+    assert all("caBundle" not in hook["clientConfig"] for hook in webhooks(rendered))
