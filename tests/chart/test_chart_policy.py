@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gpuguard.cli import main
 from gpuguard.policy.loading import default_policy, parse_policy
 from tests.chart.helm import (
     ROOT,
@@ -41,13 +42,15 @@ def test_the_configmap_carries_the_policy_unchanged(default_render: Rendered) ->
 
 
 @pytest.mark.parametrize("values", [(), *((s,) for s in SCENARIOS)], ids=["defaults", *SCENARIOS])
-def test_the_rendered_policy_passes_gpuguard_policy_check(values: tuple[str, ...], tmp_path: Path) -> None:
+def test_the_rendered_policy_passes_gpuguard_policy_check(values: tuple[str, ...], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`gpuguard policy check FILE`, in this process (the pre-install Job tests below run it as a program)."""
     path = tmp_path / "policy.yaml"
     path.write_text(policy_text(render(values)))
-    result = subprocess.run([sys.executable, "-m", "gpuguard", "policy", "check", str(path)], cwd=ROOT,
-                            env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert "valid GpuPolicy" in result.stdout
+    code = main(["policy", "check", str(path)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "valid GpuPolicy" in captured.out
 
 
 def gpuguard_containers(rendered: Rendered) -> list[tuple[str, Obj, Obj]]:
