@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from gpuguard import __version__
+from gpuguard.certs_cli import add_certs_parser
 from gpuguard.policy_cli import add_policy_parser
 from webhook.cli import add_offline_parsers, add_webhook_parser
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_webhook_parser(commands)
     add_offline_parsers(commands)
     add_policy_parser(commands)
+    add_certs_parser(commands)
     return parser
 
 

@@ -1,0 +1,168 @@
+"""Least privilege: non-root, read-only root filesystems, and RBAC that grants each component only what it uses."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chart.helm import NAMESPACE, ROOT, SCENARIOS, Obj, Rendered, load_values, render
+
+ALL = [(), *((s,) for s in SCENARIOS)]
+IDS = ["defaults", *SCENARIOS]
+STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                   "app.kubernetes.io/managed-by", "app.kubernetes.io/component", "app.kubernetes.io/part-of",
+                   "helm.sh/chart")
+
+
+def containers(spec: Obj) -> list[Obj]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+@pytest.mark.parametrize("values", ALL, ids=IDS)
+def test_every_pod_runs_as_non_root_with_a_read_only_root_filesystem(values: tuple[str, ...]) -> None:
+    """Also what the `restricted` Pod Security Standard asks, so the namespace can enforce it."""
+    for obj, spec in render(values).workloads():
+        where = f"{obj['kind']} {obj['metadata']['name']}"
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["runAsUser"] != 0, where
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+        assert not any("hostPath" in volume for volume in spec.get("volumes", [])), where
+        for container in containers(spec):
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, f"{where}/{container['name']}"
+            assert context["allowPrivilegeEscalation"] is False, f"{where}/{container['name']}"
+            assert context["capabilities"]["drop"] == ["ALL"], f"{where}/{container['name']}"
+            assert not context.get("privileged"), f"{where}/{container['name']}"
+
+
+def test_containers_that_write_temporary_files_get_a_writable_tmp(default_render: Rendered) -> None:
+    for obj, spec in default_render.workloads():
+        for container in spec["containers"]:
+            if container["command"][0] == "gpuguard" or container["name"] == "kube-scheduler":
+                mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+                volume = next(v for v in spec["volumes"] if v["name"] == mounts["/tmp"])
+                assert "emptyDir" in volume, f"{obj['metadata']['name']}/{container['name']}"
+
+
+@pytest.mark.parametrize("values", ALL, ids=IDS)
+def test_every_object_carries_the_standard_labels_and_selectors_use_only_immutable_ones(
+    values: tuple[str, ...]
+) -> None:
+    for obj in render(values).objects:
+        labels = obj["metadata"]["labels"]
+        assert all(key in labels for key in STANDARD_LABELS), f"{obj['kind']} {obj['metadata']['name']}"
+        selector = obj.get("spec", {}).get("selector", {})
+        if obj["kind"] in ("Deployment", "DaemonSet"):
+            assert set(selector["matchLabels"]) == {"app.kubernetes.io/name", "app.kubernetes.io/instance",
+                                                    "app.kubernetes.io/component"}
+
+
+def rules_bound_to(rendered: Rendered, account: str) -> dict[tuple[str, str | None], list[Obj]]:
+    """(role name, namespace) -> rules, for every chart-defined role bound to `account`."""
+    found = {}
+    for binding in rendered.of_kind("ClusterRoleBinding") + rendered.of_kind("RoleBinding"):
+        if not any(s["name"] == account and s["namespace"] == NAMESPACE for s in binding["subjects"]):
+            continue
+        ref = binding["roleRef"]
+        namespace = binding["metadata"].get("namespace")
+        roles = [r for r in rendered.of_kind(ref["kind"]) if r["metadata"]["name"] == ref["name"]
+                 and r["metadata"].get("namespace") == namespace]
+        for role in roles:
+            found[(ref["name"], namespace)] = role["rules"]
+    return found
+
+
+@pytest.mark.parametrize("values", ALL, ids=IDS)
+def test_no_role_grants_wildcards(values: tuple[str, ...]) -> None:
+    for role in render(values).of_kind("ClusterRole") + render(values).of_kind("Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role["metadata"]["name"]
+
+
+def test_the_webhook_has_no_api_access_at_all(default_render: Rendered) -> None:
+    account = default_render.get("ServiceAccount", "gpuguard-webhook")
+    spec = default_render.get("Deployment", "gpuguard-webhook")["spec"]["template"]["spec"]
+    assert account["automountServiceAccountToken"] is False and spec["automountServiceAccountToken"] is False
+    assert rules_bound_to(default_render, "gpuguard-webhook") == {}
+
+
+@pytest.mark.parametrize(("values", "namespace", "name"), [
+    ((), "gpu-operator", "gpuguard-time-slicing"),
+    (("custom-policy-values.yaml",), "nvidia-device-plugin", "device-plugin-configs"),
+])
+def test_the_agent_may_patch_nodes_and_touch_only_the_policys_device_plugin_configmap(
+    values: tuple[str, ...], namespace: str, name: str
+) -> None:
+    rendered = render(values)
+    assert rules_bound_to(rendered, "gpuguard-agent") == {
+        ("gpuguard-agent", None): [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}],
+        ("gpuguard-agent", namespace): [
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [name], "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        ],
+    }
+
+
+def test_without_the_agent_there_is_no_node_or_configmap_access() -> None:
+    rendered = render(("agent-off-values.yaml",))
+    assert not [o for o in rendered.objects if o["metadata"]["name"] == "gpuguard-agent"]
+
+
+def test_certificate_jobs_may_touch_one_secret_and_two_webhook_configurations(default_render: Rendered) -> None:
+    for account in ("gpuguard-certs", "gpuguard-certs-hook"):
+        assert rules_bound_to(default_render, account) == {
+            (account, NAMESPACE): [
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["gpuguard-webhook-tls"],
+                 "verbs": ["get", "update"]},
+            ],
+            (account, None): [{"apiGroups": ["admissionregistration.k8s.io"],
+                               "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+                               "resourceNames": ["gpuguard-webhook"], "verbs": ["get", "patch"]}],
+        }
+
+
+def test_the_test_pod_may_only_read_the_webhook_configurations_and_sees_no_private_key(
+    default_render: Rendered
+) -> None:
+    assert rules_bound_to(default_render, "gpuguard-test") == {
+        ("gpuguard-test", None): [{"apiGroups": ["admissionregistration.k8s.io"],
+                                   "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+                                   "resourceNames": ["gpuguard-webhook"], "verbs": ["get"]}]}
+    pod = default_render.get("Pod", "gpuguard-test")
+    volume = next(v for v in pod["spec"]["volumes"] if "secret" in v)
+    assert {item["key"] for item in volume["secret"]["items"]} == {"ca.crt", "tls.crt"}
+
+
+def test_hook_rbac_disappears_once_the_hooks_succeeded(default_render: Rendered) -> None:
+    hooked = [o for o in default_render.objects if o["metadata"]["name"] == "gpuguard-certs-hook"]
+    assert {o["kind"] for o in hooked} == {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    for obj in hooked:
+        annotations = obj["metadata"]["annotations"]
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        assert int(annotations["helm.sh/hook-weight"]) < 0, "RBAC must exist before the pre-install Job runs"
+
+
+def test_the_agent_runs_on_gpu_nodes_with_the_nvidia_runtime_and_knows_its_node(default_render: Rendered) -> None:
+    spec = default_render.get("DaemonSet", "gpuguard-agent")["spec"]["template"]["spec"]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]}]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["runtimeClassName"] == "nvidia"
+    (agent,) = spec["containers"]
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert "--node-name=$(NODE_NAME)" in agent["args"] and "--backend=nvml" in agent["args"]
+    assert "resources" in agent and "nvidia.com/gpu" not in agent["resources"].get("limits", {})
+
+
+def test_an_empty_runtime_class_uses_the_nodes_default_runtime() -> None:
+    spec = render(sets=("agent.runtimeClassName=",)).get("DaemonSet", "gpuguard-agent")["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in spec
+
+
+def test_the_image_runs_as_the_user_the_chart_expects_and_starts_gpuguard() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
+    context = load_values()["podSecurityContext"]
+    assert f"USER {context['runAsUser']}:{context['runAsGroup']}" in dockerfile
+    assert dockerfile[-1] == 'ENTRYPOINT ["gpuguard"]'
