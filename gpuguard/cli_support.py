@@ -7,8 +7,13 @@ variable when set, so a Deployment can configure a service through `env:` as wel
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def env_default(name: str, default: str | None = None) -> str | None:
@@ -31,3 +36,28 @@ def add_policy_argument(parser: argparse.ArgumentParser) -> None:
 def add_listen_arguments(parser: argparse.ArgumentParser, *, port: int) -> None:
     parser.add_argument("--host", default=env_default("HOST", "0.0.0.0"), help="address to listen on")
     parser.add_argument("--port", type=int, default=env_int("PORT", port), help=f"port to listen on (default {port})")
+
+
+def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default=env_default("LOG_LEVEL", "INFO"), choices=LOG_LEVELS,
+                        help="log verbosity (default INFO; env GPUGUARD_LOG_LEVEL)")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def service_main(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """`python -m <service>`: the same arguments as `gpuguard <service>`, without importing the other services."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_log_level_argument(parser)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    return run(args)

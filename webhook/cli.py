@@ -19,8 +19,14 @@ from webhook.app import create_app
 from webhook.settings import WebhookSettings
 
 
+WEBHOOK_HELP = "run the mutating + validating admission webhook (HTTPS)"
+
+
 def add_webhook_parser(commands: Any) -> None:
-    parser = commands.add_parser("webhook", help="run the mutating + validating admission webhook (HTTPS)")
+    add_webhook_arguments(commands.add_parser("webhook", help=WEBHOOK_HELP))
+
+
+def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
     add_listen_arguments(parser, port=8443)
     add_policy_argument(parser)
     parser.add_argument("--tls-cert", type=Path, default=env_default("TLS_CERT"), help="serving certificate (PEM)")
