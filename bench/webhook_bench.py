@@ -9,6 +9,9 @@ Three measurements on the realistic 4.6 KB predictor AdmissionReview in bench/da
    with a fixed reply, both driven by the same `wrk` in the same run (server pinned to CPU 0, wrk to CPU 1);
 3. latency at a steady request rate (open loop: latency counts from each request's scheduled send time, so a
    stalled server cannot hide its queue), with the error count.
+Throughput is measured twice for /mutate: the same pod repeated (a ReplicaSet scaling up; answered from the
+memo in webhook/memo.py) and every pod different (each one parsed and decided). The steady-rate run uses
+different pods throughout.
 Timings vary with the machine's load: compare the ratios, which are taken within one run.
 """
 
@@ -112,12 +115,27 @@ def start_server(kind: str, port: int, tls_dir: Path) -> subprocess.Popen[bytes]
     return subprocess.Popen(_pinned(0, command), env=env, cwd=ROOT)
 
 
-def wrk(port: int, seconds: int, workdir: Path, connections: int = 32) -> dict[str, float]:
-    script = workdir / "post.lua"
-    script.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.body = io.open("{PAYLOAD}"):read("*a")\n'
-    )
+REPEATED_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open("{payload}"):read("*a")
+"""
+
+# Every request a different pod (a label value carries a counter): the memo never helps, every pod is decided.
+UNIQUE_LUA = """
+local body = io.open("{payload}"):read("*a")
+local counter = 0
+request = function()
+  counter = counter + 1
+  local unique = body:gsub('"team":"nlp"', '"team":"nlp-' .. counter .. '"', 1)
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, unique)
+end
+"""
+
+
+def wrk(port: int, seconds: int, workdir: Path, *, unique: bool = False, connections: int = 32) -> dict[str, float]:
+    script = workdir / ("unique.lua" if unique else "post.lua")
+    script.write_text((UNIQUE_LUA if unique else REPEATED_LUA).format(payload=PAYLOAD))
     command = _pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
                           f"https://127.0.0.1:{port}/mutate"])
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -129,7 +147,8 @@ def wrk(port: int, seconds: int, workdir: Path, connections: int = 32) -> dict[s
 
 
 async def steady(port: int, rate: int, seconds: int, ca: Path) -> dict[str, float]:
-    body = PAYLOAD.read_bytes()
+    """Open-loop load at `rate`; every request is a different pod, so each one is decided (the memo never helps)."""
+    template = PAYLOAD.read_bytes()
     context = ssl.create_default_context(cafile=str(ca))
     connector = aiohttp.TCPConnector(limit=64, ssl=context)
     latencies: list[float] = []
@@ -137,8 +156,9 @@ async def steady(port: int, rate: int, seconds: int, ca: Path) -> dict[str, floa
     async with aiohttp.ClientSession(connector=connector) as session:
         loop = asyncio.get_running_loop()
 
-        async def one(scheduled: float) -> None:
+        async def one(scheduled: float, index: int = 0) -> None:
             nonlocal errors
+            body = template.replace(b'"team":"nlp"', b'"team":"nlp-%d"' % index, 1)
             try:
                 async with session.post(f"https://localhost:{port}/mutate", data=body,
                                         headers={"Content-Type": "application/json"}) as reply:
@@ -159,7 +179,7 @@ async def steady(port: int, rate: int, seconds: int, ca: Path) -> dict[str, floa
             delay = scheduled - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
+            tasks.append(asyncio.create_task(one(scheduled, index)))
         await asyncio.gather(*tasks)
     latencies.sort()
     return {
@@ -199,20 +219,23 @@ def main() -> None:
             wrk(port, 2, workdir)  # warm-up
             results[kind] = wrk(port, args.seconds, workdir)
             if kind == "webhook":
+                results["webhook_unique"] = wrk(port, args.seconds, workdir, unique=True)
                 results["steady"] = asyncio.run(steady(port, args.rate, args.steady_seconds, tls_dir / "ca.crt"))
         finally:
             server.terminate()
             server.wait(timeout=10)
     ratio = results["webhook"]["req_per_s"] / results["noop"]["req_per_s"]
+    ratio_unique = results["webhook_unique"]["req_per_s"] / results["noop"]["req_per_s"]
     print(f"no-op aiohttp TLS server:                  {results['noop']['req_per_s']:8.0f} req/s")
-    print(f"gpuguard /mutate:                          {results['webhook']['req_per_s']:8.0f} req/s "
-          f"(non-2xx: {results['webhook']['non_2xx']:.0f})")
-    print(f"throughput ratio /mutate : no-op:          {ratio:8.2f}  (target >= 0.5)")
+    print(f"gpuguard /mutate, the same pod repeated:   {results['webhook']['req_per_s']:8.0f} req/s "
+          f"(non-2xx: {results['webhook']['non_2xx']:.0f}), ratio {ratio:.2f}  (target >= 0.5)")
+    print(f"gpuguard /mutate, every pod different:     {results['webhook_unique']['req_per_s']:8.0f} req/s "
+          f"(non-2xx: {results['webhook_unique']['non_2xx']:.0f}), ratio {ratio_unique:.2f}")
     steady_result = results["steady"]
     print(f"steady {args.rate} req/s for {args.steady_seconds} s: p50 {steady_result['p50_ms']:.2f} ms, "
           f"p99 {steady_result['p99_ms']:.2f} ms, max {steady_result['max_ms']:.2f} ms, "
           f"errors {steady_result['errors']:.0f} of {steady_result['requests']:.0f}  (target p99 <= 5 ms, 0 errors)")
-    print(json.dumps({"decision": decision, **results, "ratio": ratio}))
+    print(json.dumps({"decision": decision, **results, "ratio": ratio, "ratio_unique": ratio_unique}))
     shutil.rmtree(workdir, ignore_errors=True)
 
 

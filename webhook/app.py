@@ -20,7 +20,6 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 
 from gpuguard.contracts.admission import (
-    AdmissionResponse,
     AdmissionReview,
     InvalidReview,
     allow,
@@ -32,7 +31,7 @@ from gpuguard.web.policy_source import PolicySource
 from gpuguard.web.serving import add_metrics_route, add_probes
 from gpuguard.web.tls import ReloadingCertificate
 from webhook import keys
-from webhook.memo import MutationMemo
+from webhook.memo import Answer, MutationMemo
 from webhook.metrics import WebhookMetrics
 from webhook.review import Outcome, display_name, review
 from webhook.settings import WebhookSettings
@@ -79,33 +78,52 @@ async def answer(request: web.Request, endpoint: Endpoint) -> web.Response:
     app = request.app
     metrics = app[keys.METRICS]
     started = time.perf_counter()
+    body = await request.read()
+    remembered = _recall(app, body) if endpoint == "mutate" else None
+    if remembered is not None:
+        known = remembered.outcome
+        metrics.admitted(endpoint, remembered.operation, known.kind, known.decision, known.rule,
+                         time.perf_counter() - started)
+        return web.Response(body=remembered.reply, content_type="application/json")
     try:
-        body = await request.read()
         admission = parse_review(body, pod_view=endpoint == "mutate")
     except InvalidReview as error:
         metrics.bad_requests.labels(endpoint).inc()
         return web.json_response({"error": str(error)}, status=400)
-    response, outcome = _decide(endpoint, admission, app)
-    reply = encode_reply(admission.api_version, response)
+    reply, outcome = _decide(endpoint, body, admission, app)
     _record(metrics, endpoint, admission, outcome, time.perf_counter() - started)
     return web.Response(body=reply, content_type="application/json")
 
 
-def _decide(endpoint: Endpoint, admission: AdmissionReview, app: web.Application) -> tuple[AdmissionResponse, Outcome | None]:
+def _recall(app: web.Application, body: bytes) -> Answer | None:
+    """A repeat of a request already decided (see `webhook.memo`); None when it is new, or on any doubt."""
+    try:
+        return app[keys.MEMO].recall(body, generation=app[keys.POLICY].generation)
+    except Exception:  # the memo is an optimisation: if it fails, decide afresh
+        log.exception("mutation memo failed; deciding afresh")
+        return None
+
+
+def _decide(
+    endpoint: Endpoint, body: bytes, admission: AdmissionReview, app: web.Application
+) -> tuple[bytes, Outcome | None]:
+    """The encoded reply and the decision behind it (None when the decision itself failed)."""
     request = admission.request
     policy, settings = app[keys.POLICY], app[keys.SETTINGS]
     try:
         if endpoint == "mutate":
-            outcome = app[keys.MEMO].mutate(request, policy.policy, generation=policy.generation)
-        else:
-            outcome = review(endpoint, request, policy.policy)
+            answered = app[keys.MEMO].answer(body, admission, policy.policy, generation=policy.generation)
+            return answered.reply, answered.outcome
+        outcome = review(endpoint, request, policy.policy)
+        return encode_reply(admission.api_version, outcome.response), outcome
     except Exception:  # a bug must cost one answer, not the server: reply per the configured failure mode
         log.exception("internal error on /%s uid=%s %s", endpoint, request.uid, display_name(request))
         message = f"gpuguard internal error on /{endpoint} (uid {request.uid}); see the webhook log"
         if settings.on_internal_error == "deny":
-            return deny(request.uid, message, code=500, reason="InternalError"), None
-        return allow(request.uid, warnings=[message]), None
-    return outcome.response, outcome
+            failed = deny(request.uid, message, code=500, reason="InternalError")
+        else:
+            failed = allow(request.uid, warnings=[message])
+        return encode_reply(admission.api_version, failed), None
 
 
 def _record(

@@ -299,3 +299,19 @@ def test_self_signed_files_are_reused_so_the_ca_bundle_survives_restarts(tls_dir
     ensure_self_signed(tls_dir, default_sans("gpuguard-webhook", "gpuguard"))
     assert (tls_dir / "ca.crt").read_bytes() == ca
     assert (tls_dir / "tls.crt").read_bytes() == cert
+
+
+async def test_repeated_pods_get_their_own_uid_and_the_same_patch(server: Server) -> None:
+    review = json.loads(review_body("review-knative-sklearn.json"))
+    replies = []
+    for uid in ("first-uid", "second-uid", "third-uid"):
+        review["request"]["uid"] = uid
+        status, reply = await server.post("/mutate", json.dumps(review, separators=(",", ":")).encode())
+        assert status == 200
+        assert reply["response"]["uid"] == uid
+        replies.append(reply)
+    assert replies[0]["response"]["patch"] == replies[1]["response"]["patch"] == replies[2]["response"]["patch"]
+    assert server.metric(
+        "gpuguard_webhook_admissions_total", endpoint="mutate", operation="CREATE", kind="Pod", decision="patched",
+        rule="small-models-on-mig",
+    ) == 3
