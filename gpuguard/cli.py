@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from gpuguard import __version__
 from gpuguard.policy_cli import add_policy_parser
+from node_agent.cli import add_agent_parser
 from webhook.cli import add_offline_parsers, add_webhook_parser
 
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_webhook_parser(commands)
     add_offline_parsers(commands)
     add_policy_parser(commands)
+    add_agent_parser(commands)
     return parser
 
 
