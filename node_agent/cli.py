@@ -107,7 +107,7 @@ def run_agent(args: argparse.Namespace) -> int:
         registry.register(GpuCollector(backend, hostname=settings.node_name, metrics=metrics))
         agent = Agent(settings, backend=backend, policy=policy, api=api, metrics=metrics)
         return _run_once(agent) if settings.once else _serve(agent, registry, settings)
-    except (ClusterConfigError, OSError) as error:  # OSError: the metrics port is taken
+    except ClusterConfigError as error:
         return _fail(str(error))
     finally:
         backend.close()
@@ -136,8 +136,12 @@ def _serve(agent: Agent, registry: CollectorRegistry, settings: AgentSettings) -
     signal.signal(signal.SIGINT, on_signal)
     server = None
     if settings.metrics_port:
-        server = HttpServer(create_http_app(registry, ready=lambda: agent.ready), host=settings.host,
-                            port=settings.metrics_port)
+        try:
+            server = HttpServer(create_http_app(registry, ready=lambda: agent.ready), host=settings.host,
+                                port=settings.metrics_port)
+        except OSError as error:
+            return _fail(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {error.strerror or error}"
+                         " (choose another --metrics-port, or 0 to disable)")
         server.start()
         log.info("metrics on http://%s:%d/metrics (backend %s)", settings.host, server.port, agent.backend.name)
     try:

@@ -4,7 +4,9 @@ Every field is read on its own: a call that fails (`NotSupported` on a GPU witho
 on an older driver) drops that one field, is reported as a `ReadError`, and is not retried for that GPU (the answer
 will not change while the driver stays loaded). A GPU that reports `GpuIsLost`, or whose handle or UUID cannot be
 read, is left out of the snapshot entirely rather than half-reported. Utilization is never read while MIG is
-enabled: NVML has no per-instance utilization, and the whole-GPU number is not meaningful then.
+enabled: NVML has no per-instance utilization, and the whole-GPU number is not meaningful then. A MIG device's
+profile and placement are read once per device (they are fixed until the GPU is repartitioned, which gives the new
+devices new UUIDs); its memory and processes are read every time.
 
 This module must not decide anything (rounding, annotations, metric names): it only translates NVML into a
 `Snapshot`.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pynvml
@@ -55,6 +58,28 @@ def unavailable_message(error: pynvml.NVMLError) -> str:
     return f"NVML failed to initialise ({reason}: {error}); check that the NVIDIA driver is loaded (nvidia-smi)"
 
 
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    gpu_instance_id: int
+    profile: str
+    start: int
+    size: int
+
+
+def _placement(device: MigReading) -> _Placement:
+    return _Placement(device.gpu_instance_id, device.profile, device.start, device.size)
+
+
+@dataclass(frozen=True, slots=True)
+class _MigContext:
+    """What every MIG device of one GPU needs during one read."""
+
+    parent: Any
+    gpu_mib: int | None
+    enums: dict[int, int]
+    known: dict[str, _Placement]
+
+
 class _Calls:
     """Makes the NVML calls of one read for one GPU, turning failures into `ReadError`s."""
 
@@ -65,7 +90,10 @@ class _Calls:
         self.uuid = ""
 
     def required(self, function: Callable[..., Any], *args: Any) -> Any:
-        """The call's result; on failure record it and raise (`_GpuGone` if the GPU is lost)."""
+        """The call's result; on failure record it and raise (`_GpuGone` if the GPU is lost).
+
+        NotFound from a call in `_MAY_BE_ABSENT` is an answer, not a failure: None.
+        """
         try:
             return function(*args)
         except pynvml.NVMLError as error:
@@ -107,6 +135,8 @@ class NvmlBackend:
         """(GPU UUID, field) pairs that answered NotSupported or FunctionNotFound."""
         self._profile_enums: dict[str, dict[int, int]] = {}
         """Per GPU UUID: GPU-instance profile id -> NVML profile enum (static for a GPU model)."""
+        self._placements: dict[str, dict[str, _Placement]] = {}
+        """Per GPU UUID: its MIG devices' placements by MIG UUID, as of the last read."""
 
     @property
     def name(self) -> str:
@@ -155,41 +185,41 @@ class NvmlBackend:
 
     def _mig_devices(self, calls: _Calls, handle: Any, gpu_mib: int | None) -> tuple[MigReading, ...]:
         slots = calls.optional("mig_slots", pynvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
-        enums = self._profile_enum_table(calls.uuid, handle)
-        devices = (self._mig_device(calls, handle, slot, gpu_mib, enums) for slot in range(slots))
-        return tuple(sorted((d for d in devices if d is not None), key=lambda d: (d.start, d.gpu_instance_id)))
+        context = _MigContext(handle, gpu_mib, self._profile_enum_table(calls.uuid, handle),
+                              known=self._placements.get(calls.uuid, {}))
+        devices = [d for d in (self._mig_device(calls, context, slot) for slot in range(slots)) if d is not None]
+        # A new dict, never one another thread is reading: the scrape and the report cycle read concurrently.
+        self._placements[calls.uuid] = {d.uuid: _placement(d) for d in devices}
+        return tuple(sorted(devices, key=lambda d: (d.start, d.gpu_instance_id)))
 
-    def _mig_device(
-        self, calls: _Calls, parent: Any, slot: int, gpu_mib: int | None, enums: dict[int, int]
-    ) -> MigReading | None:
+    def _mig_device(self, calls: _Calls, context: _MigContext, slot: int) -> MigReading | None:
         try:
-            device = calls.required(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, parent, slot)
+            device = calls.required(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, context.parent, slot)
             if device is None:
                 return None  # an empty slot: fewer instances than the GPU could hold
-            return self._mig_fields(calls, parent, device, gpu_mib, enums)
+            uuid = calls.required(pynvml.nvmlDeviceGetUUID, device)
+            placement = context.known.get(uuid) or self._read_placement(calls, context, device)
         except _Unreadable:
             return None
-
-    def _mig_fields(
-        self, calls: _Calls, parent: Any, device: Any, gpu_mib: int | None, enums: dict[int, int]
-    ) -> MigReading:
-        uuid = calls.required(pynvml.nvmlDeviceGetUUID, device)
-        attributes = calls.required(pynvml.nvmlDeviceGetAttributes, device)
-        instance_id = calls.required(pynvml.nvmlDeviceGetGpuInstanceId, device)
-        info = calls.required(pynvml.nvmlGpuInstanceGetInfo,
-                              calls.required(pynvml.nvmlDeviceGetGpuInstanceById, parent, instance_id))
-        if not gpu_mib:
-            raise _Unreadable()  # the profile name needs the GPU's memory size
         memory = calls.optional(f"memory/{uuid}", pynvml.nvmlDeviceGetMemoryInfo, device)
         return MigReading(
-            gpu_instance_id=instance_id,
-            profile=profile_name(slices=attributes.gpuInstanceSliceCount, instance_mib=attributes.memorySizeMB,
-                                 gpu_mib=gpu_mib, profile_enum=enums.get(info.profileId)),
-            start=info.placement.start, size=info.placement.size, uuid=uuid,
-            busy=bool(_busy(calls, f"processes/{uuid}", device)),
+            gpu_instance_id=placement.gpu_instance_id, profile=placement.profile, start=placement.start,
+            size=placement.size, uuid=uuid, busy=bool(_busy(calls, f"processes/{uuid}", device)),
             memory_total_mib=memory.total // MIB if memory is not None else None,
             memory_used_mib=memory.used // MIB if memory is not None else None,
         )
+
+    def _read_placement(self, calls: _Calls, context: _MigContext, device: Any) -> _Placement:
+        """Profile and placement of a MIG device: fixed for its lifetime (a reconfigured GPU has new UUIDs)."""
+        attributes = calls.required(pynvml.nvmlDeviceGetAttributes, device)
+        instance_id = calls.required(pynvml.nvmlDeviceGetGpuInstanceId, device)
+        instance = calls.required(pynvml.nvmlDeviceGetGpuInstanceById, context.parent, instance_id)
+        info = calls.required(pynvml.nvmlGpuInstanceGetInfo, instance)
+        if not context.gpu_mib:
+            raise _Unreadable()  # the profile name needs the GPU's memory size
+        profile = profile_name(slices=attributes.gpuInstanceSliceCount, instance_mib=attributes.memorySizeMB,
+                               gpu_mib=context.gpu_mib, profile_enum=context.enums.get(info.profileId))
+        return _Placement(instance_id, profile, info.placement.start, info.placement.size)
 
     def _profile_enum_table(self, uuid: str, handle: Any) -> dict[int, int]:
         """Which NVML profile enum each GPU-instance profile id stands for (it carries the `+me` attribute)."""

@@ -174,8 +174,7 @@ class ClusterStateNodes:
         node = self._load(f"read node {name}").nodes.get(name)
         if node is None:
             raise NotFound(f"read node {name}", f"no Node {name} in {self.state.path}", status=404)
-        found: JsonDict = node
-        return found
+        return node
 
     def patch_node_metadata(
         self, name: str, *, labels: Mapping[str, str | None] = {}, annotations: Mapping[str, str | None] = {}
@@ -189,8 +188,7 @@ class ClusterStateNodes:
             raise NodeApiError(operation, str(error)) from None
 
     def read_config_map(self, namespace: str, name: str) -> JsonDict | None:
-        found: JsonDict | None = self._load(f"read ConfigMap {namespace}/{name}").config_maps.get((namespace, name))
-        return found
+        return self._load(f"read ConfigMap {namespace}/{name}").config_maps.get((namespace, name))
 
     def create_config_map(self, config_map: JsonDict) -> None:
         namespace, name = _namespace_and_name(config_map)

@@ -1,0 +1,160 @@
+"""Benchmark the node agent: one scrape of 8 MIG GPUs, and the agent's CPU and memory at its normal interval.
+
+    python bench/agent_bench.py                 # all three numbers (about 3 minutes: the CPU window is 150 s)
+    python bench/agent_bench.py --duration 60   # a shorter CPU window
+
+Targets (issue 3): one scrape of 8 GPUs with MIG devices through the fake NVML library <= 5 ms; CPU at a 15 s
+interval < 1 % of one core; resident memory < 60 MB. The GPUs come from the fake libnvidia-ml.so.1 of the tests
+(compiled here with gcc) serving tests/data/agent/nvml-8xh100-mig.json: 8 H100s, each with seven 1g.10gb instances,
+read through the real pynvml. Numbers are printed, never asserted: this is a shared machine, compare within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "tests" / "agent" / "fakenvml" / "fakenvml.c"
+NODE = ROOT / "tests" / "data" / "agent" / "nvml-8xh100-mig.json"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+SCRAPE_CHILD = """
+import json, statistics, sys, time
+from prometheus_client import CollectorRegistry, generate_latest
+from node_agent.collector import GpuCollector
+from node_agent.metrics import AgentMetrics
+from node_agent.nvml import NvmlBackend
+
+backend = NvmlBackend()
+registry = CollectorRegistry()
+registry.register(GpuCollector(backend, hostname="bench-node", metrics=AgentMetrics(registry)))
+rounds = int(sys.argv[1])
+for _ in range(20):
+    generate_latest(registry)  # warm up: first reads probe the MIG profile table and unsupported fields
+scrapes, reads = [], []
+for _ in range(rounds):
+    started = time.perf_counter()
+    body = generate_latest(registry)
+    scrapes.append(time.perf_counter() - started)
+for _ in range(rounds):
+    started = time.perf_counter()
+    backend.read()
+    reads.append(time.perf_counter() - started)
+print(json.dumps({"scrape": scrapes, "read": reads, "bytes": len(body),
+                  "samples": sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))}))
+"""
+
+
+def build_library(directory: Path) -> Path:
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        sys.exit("gcc is needed to build the fake libnvidia-ml.so.1")
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-Wl,-soname,libnvidia-ml.so.1", "-o",
+                    str(directory / "libnvidia-ml.so.1"), str(SOURCE), "-lpthread"], check=True)
+    return directory
+
+
+def environment(library: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "LD_LIBRARY_PATH": str(library),
+            "FAKE_NVML_CONFIG": str(NODE)}
+
+
+def milliseconds(values: list[float]) -> str:
+    ordered = sorted(values)
+    p95 = ordered[int(len(ordered) * 0.95) - 1]
+    return f"median {statistics.median(ordered) * 1e3:.2f} ms, p95 {p95 * 1e3:.2f} ms, max {ordered[-1] * 1e3:.2f} ms"
+
+
+def bench_scrape(library: Path, rounds: int) -> None:
+    result = subprocess.run([sys.executable, "-c", SCRAPE_CHILD, str(rounds)], env=environment(library), cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    numbers = json.loads(result.stdout)
+    print(f"scrape of 8 GPUs x 7 MIG devices (NVML read + exposition, {numbers['samples']} samples, "
+          f"{numbers['bytes']} bytes), {rounds} rounds: {milliseconds(numbers['scrape'])}")
+    print(f"  of which the NVML read alone: {milliseconds(numbers['read'])}")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def process_memory_mib(pid: int) -> tuple[float, float]:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"the agent at {url} did not become ready")
+
+
+def bench_process(library: Path, work: Path, duration: float, command: list[str], label: str) -> None:
+    state = work / "cluster.json"
+    state.write_text(json.dumps([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "bench-node"}}]))
+    port = 19471
+    args = ["--node-name", "bench-node", "--backend", "nvml", "--cluster-state", str(state), "--interval", "15",
+            "--host", "127.0.0.1", "--metrics-port", str(port)]
+    agent = subprocess.Popen([sys.executable, "-m", *command, *args], env=environment(library), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        time.sleep(1)  # let the first cycle (node read, annotation, time-slicing plan) finish
+        stop = threading.Event()
+        scraper = threading.Thread(target=scrape_every, args=(url, 15.0, stop), daemon=True)
+        cpu_before, started = process_cpu_seconds(agent.pid), time.monotonic()
+        scraper.start()
+        stop.wait(duration)
+        stop.set()
+        cpu = process_cpu_seconds(agent.pid) - cpu_before
+        elapsed = time.monotonic() - started
+        rss, peak = process_memory_mib(agent.pid)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+    print(f"{label}: CPU {cpu / elapsed * 100:.3f} % of one core over {elapsed:.0f} s "
+          f"(interval 15 s, Prometheus scraping every 15 s); resident memory {rss:.1f} MiB (peak {peak:.1f} MiB)")
+
+
+def scrape_every(url: str, interval: float, stop: threading.Event) -> None:
+    while not stop.is_set():
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            response.read()
+        stop.wait(interval)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=300, help="scrapes to time (default 300)")
+    parser.add_argument("--duration", type=float, default=150, help="seconds of the CPU window (default 150)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temporary:
+        work = Path(temporary)
+        library = build_library(work)
+        bench_scrape(library, args.rounds)
+        bench_process(library, work, args.duration, ["node_agent"], "python -m node_agent")
+        bench_process(library, work, min(args.duration, 30), ["gpuguard", "agent"],
+                      "gpuguard agent (memory includes the other services' modules)")
+
+
+if __name__ == "__main__":
+    main()
