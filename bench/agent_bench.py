@@ -42,16 +42,17 @@ registry.register(GpuCollector(backend, hostname="bench-node", metrics=AgentMetr
 rounds = int(sys.argv[1])
 for _ in range(20):
     generate_latest(registry)  # warm up: first reads probe the MIG profile table and unsupported fields
-scrapes, reads = [], []
+scrapes, reads, cpu = [], [], []
 for _ in range(rounds):
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     body = generate_latest(registry)
     scrapes.append(time.perf_counter() - started)
+    cpu.append(time.process_time() - started_cpu)
 for _ in range(rounds):
     started = time.perf_counter()
     backend.read()
     reads.append(time.perf_counter() - started)
-print(json.dumps({"scrape": scrapes, "read": reads, "bytes": len(body),
+print(json.dumps({"scrape": scrapes, "cpu": cpu, "read": reads, "bytes": len(body),
                   "samples": sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))}))
 """
 
@@ -82,7 +83,9 @@ def bench_scrape(library: Path, rounds: int) -> None:
     numbers = json.loads(result.stdout)
     print(f"scrape of 8 GPUs x 7 MIG devices (NVML read + exposition, {numbers['samples']} samples, "
           f"{numbers['bytes']} bytes), {rounds} rounds: {milliseconds(numbers['scrape'])}")
-    print(f"  of which the NVML read alone: {milliseconds(numbers['read'])}")
+    print(f"  CPU time of the same scrapes: {milliseconds(numbers['cpu'])}")
+    print(f"  the NVML read alone: {milliseconds(numbers['read'])}")
+    print(f"  (load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -78,28 +78,41 @@ def mig_labels(gpu_sample_labels: dict[str, str], device: MigReading) -> dict[st
     return {**gpu_sample_labels, "GPU_I_PROFILE": device.profile, "GPU_I_ID": str(device.gpu_instance_id)}
 
 
+@dataclass(frozen=True, slots=True)
+class _Labelled:
+    """A GPU with its sample labels, and each of its MIG devices with theirs (built once per scrape)."""
+
+    gpu: GpuReading
+    labels: dict[str, str]
+    migs: tuple[tuple[MigReading, dict[str, str]], ...]
+
+
 def dcgm_families(snapshot: Snapshot, *, hostname: str) -> list[Metric]:
     """One family per field that has at least one sample."""
+    rows = []
+    for gpu in snapshot.gpus:
+        labels = gpu_labels(gpu, hostname=hostname, driver=snapshot.driver)
+        rows.append(_Labelled(gpu, labels, tuple((m, mig_labels(labels, m)) for m in gpu.mig_devices)))
     families = []
     for field in FIELDS:
         family = Metric(field.name, field.help, _EXPOSED_TYPE[field.kind])
-        for gpu in snapshot.gpus:
-            _add_samples(family, field, gpu, gpu_labels(gpu, hostname=hostname, driver=snapshot.driver))
+        for row in rows:
+            _add_samples(family, field, row)
         if family.samples:
             families.append(family)
     return families
 
 
-def _add_samples(family: Metric, field: DcgmField, gpu: GpuReading, labels: dict[str, str]) -> None:
-    value = field.gpu(gpu)
-    if value is not None and (field.whole_gpu_under_mig or not gpu.mig_enabled):
-        family.add_sample(field.name, labels, float(value))
+def _add_samples(family: Metric, field: DcgmField, row: _Labelled) -> None:
+    value = field.gpu(row.gpu)
+    if value is not None and (field.whole_gpu_under_mig or not row.gpu.mig_enabled):
+        family.add_sample(field.name, row.labels, float(value))
     if field.mig is None:
         return
-    for device in gpu.mig_devices:
+    for device, labels in row.migs:
         device_value = field.mig(device)
         if device_value is not None:
-            family.add_sample(field.name, mig_labels(labels, device), float(device_value))
+            family.add_sample(field.name, labels, float(device_value))
 
 
 def health_families(snapshot: Snapshot, *, backend: str, seconds: float) -> list[Metric]:

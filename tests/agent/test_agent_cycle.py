@@ -80,7 +80,7 @@ class Harness:
         self.now = 1000.0
         self.wall = START
         self.said: list[str] = []
-        registry = CollectorRegistry()
+        self.registry = registry = CollectorRegistry()
         self.metrics = AgentMetrics(registry)
         settings = AgentSettings(node_name="t4-node", interval=15, dry_run=dry_run, cluster_state=self.state.path)
         self.agent = Agent(settings, backend=FakeBackend(self.gpus),
@@ -110,7 +110,7 @@ def test_the_first_cycle_publishes_the_inventory_and_applies_time_slicing(tmp_pa
     inventory = parse_inventory(metadata["annotations"][ANNOTATION])
     assert [(g.uuid, g.product, g.util_percent) for g in inventory.gpus] == [("GPU-t4", "Tesla-T4", 20)]
     assert metadata["labels"][LABEL] == entry_for(harness.agent.policy.policy.time_slicing, 4).name
-    assert harness.metrics.last_report._value.get() > 0  # type: ignore[attr-defined]
+    assert (harness.registry.get_sample_value("gpuguard_agent_last_report_timestamp_seconds") or 0) > 0
     assert harness.agent.ready
 
 
@@ -157,8 +157,7 @@ def test_api_errors_back_off_exponentially_and_recovery_resets_it(tmp_path: Path
             attempts.append((second, ok))
     # Fail at 0 (wait 15), at 15 (wait 30), at 45 (wait 60), succeed at 105; then every cycle is healthy again.
     assert attempts[:4] == [(0, False), (15, False), (45, False), (105, True)]
-    errors = harness.metrics.api_errors.labels("read_node")._value.get()  # type: ignore[attr-defined]
-    assert errors == 3
+    assert harness.registry.get_sample_value("gpuguard_agent_api_errors_total", {"operation": "read_node"}) == 3
     assert harness.agent.backoff.failures == 0
     assert ANNOTATION in harness.node()["annotations"]
 
