@@ -6,7 +6,8 @@
 Targets (issue 3): one scrape of 8 GPUs with MIG devices through the fake NVML library <= 5 ms; CPU at a 15 s
 interval < 1 % of one core; resident memory < 60 MB. The GPUs come from the fake libnvidia-ml.so.1 of the tests
 (compiled here with gcc) serving tests/data/agent/nvml-8xh100-mig.json: 8 H100s, each with seven 1g.10gb instances,
-read through the real pynvml. Numbers are printed, never asserted: this is a shared machine, compare within a run.
+read through the real pynvml. The agent talks to the tests' stand-in API server through the official client, as in
+a cluster. Numbers are printed, never asserted: this is a shared machine, compare within a run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.agent.apiserver import FakeApiServer  # noqa: E402  (the tests' stand-in for kube-apiserver)
+
 SOURCE = ROOT / "tests" / "agent" / "fakenvml" / "fakenvml.c"
 NODE = ROOT / "tests" / "data" / "agent" / "nvml-8xh100-mig.json"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -110,11 +114,9 @@ def wait_ready(url: str, timeout: float = 30) -> None:
     sys.exit(f"the agent at {url} did not become ready")
 
 
-def bench_process(library: Path, work: Path, duration: float, command: list[str], label: str) -> None:
-    state = work / "cluster.json"
-    state.write_text(json.dumps([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "bench-node"}}]))
+def bench_process(library: Path, kubeconfig: Path, duration: float, command: list[str], label: str) -> None:
     port = 19471
-    args = ["--node-name", "bench-node", "--backend", "nvml", "--cluster-state", str(state), "--interval", "15",
+    args = ["--node-name", "bench-node", "--backend", "nvml", "--kubeconfig", str(kubeconfig), "--interval", "15",
             "--host", "127.0.0.1", "--metrics-port", str(port)]
     agent = subprocess.Popen([sys.executable, "-m", *command, *args], env=environment(library), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -131,17 +133,33 @@ def bench_process(library: Path, work: Path, duration: float, command: list[str]
         cpu = process_cpu_seconds(agent.pid) - cpu_before
         elapsed = time.monotonic() - started
         rss, peak = process_memory_mib(agent.pid)
+        http = [timed_scrape(url) for _ in range(50)]
     finally:
         agent.terminate()
         agent.wait(timeout=10)
     print(f"{label}: CPU {cpu / elapsed * 100:.3f} % of one core over {elapsed:.0f} s "
           f"(interval 15 s, Prometheus scraping every 15 s); resident memory {rss:.1f} MiB (peak {peak:.1f} MiB)")
+    print(f"  GET /metrics as Prometheus asks for it (OpenMetrics preferred, gzip), 50 requests: {milliseconds(http)}")
+
+
+PROMETHEUS_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+              "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "Accept-Encoding": "gzip",
+}
+
+
+def timed_scrape(url: str) -> float:
+    started = time.perf_counter()
+    request = urllib.request.Request(f"{url}/metrics", headers=PROMETHEUS_HEADERS)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()
+    return time.perf_counter() - started
 
 
 def scrape_every(url: str, interval: float, stop: threading.Event) -> None:
     while not stop.is_set():
-        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-            response.read()
+        timed_scrape(url)
         stop.wait(interval)
 
 
@@ -150,13 +168,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300, help="scrapes to time (default 300)")
     parser.add_argument("--duration", type=float, default=150, help="seconds of the CPU window (default 150)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as temporary:
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "bench-node", "labels": {}}}
+    with tempfile.TemporaryDirectory() as temporary, FakeApiServer([node]) as api_server:
         work = Path(temporary)
         library = build_library(work)
+        kubeconfig = api_server.write_kubeconfig(work / "kubeconfig")
         bench_scrape(library, args.rounds)
-        bench_process(library, work, args.duration, ["node_agent"], "python -m node_agent")
-        bench_process(library, work, min(args.duration, 30), ["gpuguard", "agent"],
+        bench_process(library, kubeconfig, args.duration, ["node_agent"], "python -m node_agent")
+        bench_process(library, kubeconfig, min(args.duration, 30), ["gpuguard", "agent"],
                       "gpuguard agent (memory includes the other services' modules)")
+        print(f"(the agents made {len(api_server.requests)} API requests in all: "
+              f"{', '.join(sorted({f'{r.method} {r.path}' for r in api_server.requests}))})")
 
 
 if __name__ == "__main__":

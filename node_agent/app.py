@@ -85,6 +85,8 @@ class _NodeView:
 
 
 class Agent:
+    """One node's agent: `cycle()` once (`--once`), or `run()` until stopped. Metrics are served separately."""
+
     def __init__(
         self, settings: AgentSettings, *, backend: Backend, policy: PolicySource, api: NodeApi | None,
         metrics: AgentMetrics, say: Say = print, clock: Callable[[], float] = time.monotonic,

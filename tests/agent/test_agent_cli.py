@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,14 @@ def test_without_a_driver_nvml_refuses_to_start_unless_told_to_fall_back(run_age
     (["--backend", "null", "--cluster-state", "cluster.yaml"], "give --node-name or set NODE_NAME"),
     (["--backend", "null", "--interval", "0"], "--interval must be positive"),
     (["--backend", "null", "--policy", "POLICY"], "timeSlicing.nodes[0].replicas"),
+    (["--backend", "null", "--in-cluster", "--node-name", "n"], "cannot load the in-cluster service account"),
 ])
 def test_bad_input_exits_2_saying_what_to_fix(
     args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("NODE_NAME", raising=False)
+    for variable in ("NODE_NAME", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        monkeypatch.delenv(variable, raising=False)
     policy = tmp_path / "policy.yaml"
     policy.write_text((ROOT / "examples" / "policy.yaml").read_text().replace("replicas: 4", "replicas: 1"))
     assert main([arg.replace("POLICY", str(policy)) for arg in args] + ["--once"]) == 2
@@ -157,6 +160,10 @@ def test_the_agent_serves_metrics_and_probes_and_stops_cleanly_on_sigterm(
     assert 'DCGM_FI_DEV_FB_USED{DCGM_FI_DRIVER_VERSION="550.54.15",GPU_I_ID="2",GPU_I_PROFILE="3g.40gb"' in metrics
     assert 'DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="h100-node"' in metrics
     assert "process_resident_memory_bytes" in metrics
+    openmetrics_first = urllib.request.Request(f"{url}/metrics", headers={
+        "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"})
+    with urllib.request.urlopen(openmetrics_first, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")  # as dcgm-exporter serves
     assert get(f"{url}/nope")[0] == 404
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=10)
