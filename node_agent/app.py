@@ -8,6 +8,7 @@ being served meanwhile. A bug in one cycle is logged and costs that cycle, never
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -66,14 +67,20 @@ def operation_kind(error: NodeApiError) -> str:
     return "_".join(error.operation.split()[:2]).lower()
 
 
-def once_per_message(say: Say) -> Say:
-    """Say each distinct message once: a dry run re-plans every cycle but should print each change once."""
-    said: set[str] = set()
+def once_per_message(say: Say, *, remember: int = 64) -> Say:
+    """Say each distinct message once: a dry run re-plans every minute but should print each change once.
+
+    Only the last `remember` messages are kept, so a dry run left running for days does not grow without bound.
+    """
+    said: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def say_once(message: str) -> None:
-        if message not in said:
-            said.add(message)
-            say(message)
+        if message in said:
+            return
+        said[message] = None
+        if len(said) > remember:
+            said.popitem(last=False)
+        say(message)
 
     return say_once
 

@@ -19,7 +19,7 @@ from gpuguard.contracts.node_inventory import ANNOTATION, parse_inventory
 from gpuguard.k8s.cluster_state import ClusterStateFile
 from gpuguard.k8s.nodes import ClusterStateNodes, NodeApiError
 from gpuguard.web.policy_source import PolicySource
-from node_agent.app import Agent, open_cluster
+from node_agent.app import Agent, once_per_message, open_cluster
 from node_agent.backend import Snapshot
 from node_agent.fake import FakeBackend
 from node_agent.metrics import AgentMetrics
@@ -232,3 +232,11 @@ def test_a_bug_in_one_cycle_costs_that_cycle_not_the_agent(tmp_path: Path, caplo
     assert backend.reads == 3
     assert "agent cycle failed" in caplog.text
     assert agent.ready
+
+
+def test_a_dry_run_remembers_only_recent_messages() -> None:
+    said: list[str] = []
+    say = once_per_message(said.append, remember=2)
+    for message in ("a", "b", "a", "c", "a", "b"):
+        say(message)
+    assert said == ["a", "b", "c", "a", "b"]
