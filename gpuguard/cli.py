@@ -15,6 +15,7 @@ from gpuguard import __version__
 from gpuguard.certs_cli import add_certs_parser
 from gpuguard.cli_support import add_log_level_argument, setup_logging
 from gpuguard.policy_cli import add_policy_parser
+from node_agent.cli import add_agent_parser
 from webhook.cli import add_offline_parsers, add_webhook_parser
 
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_offline_parsers(commands)
     add_policy_parser(commands)
     add_certs_parser(commands)
+    add_agent_parser(commands)
     return parser
 
 

@@ -1,22 +1,21 @@
-"""`gpuguard webhook` (the HTTPS server) and the offline `gpuguard mutate` / `gpuguard validate`."""
+"""`gpuguard webhook` (the HTTPS server) and the offline `gpuguard mutate` / `gpuguard validate`.
+
+The server and offline modules are imported when their command runs, not when it is registered: `gpuguard` registers
+every subcommand on each start, and the node agent's DaemonSet must not carry aiohttp for a command it never runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
-
-from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
+from typing import TYPE_CHECKING, Any
 
 from gpuguard.cli_support import add_listen_arguments, add_policy_argument, env_default, env_int
-from gpuguard.policy.loading import PolicyError
-from gpuguard.web import serving
-from gpuguard.web.policy_source import PolicySource
-from gpuguard.web.tls import ReloadingCertificate, default_sans, ensure_self_signed
-from webhook import offline
-from webhook.app import create_app
 from webhook.settings import WebhookSettings
+
+if TYPE_CHECKING:
+    from gpuguard.web.tls import ReloadingCertificate
 
 
 WEBHOOK_HELP = "run the mutating + validating admission webhook (HTTPS)"
@@ -49,14 +48,26 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_offline_parsers(commands: Any) -> None:
     for name, func, text in (
-        ("mutate", offline.mutate_command, "print the objects as the webhook would admit them (YAML)"),
-        ("validate", offline.validate_command, "print each violation and its fix; exit 1 if there is any"),
+        ("mutate", _mutate, "print the objects as the webhook would admit them (YAML)"),
+        ("validate", _validate, "print each violation and its fix; exit 1 if there is any"),
     ):
         parser = commands.add_parser(name, help=text)
         parser.add_argument("-f", "--filename", required=True, help="YAML manifest (Pods, InferenceServices); - = stdin")
         add_policy_argument(parser)
         parser.add_argument("--namespace", default="default", help="namespace for objects that do not set one")
         parser.set_defaults(func=func)
+
+
+def _mutate(args: argparse.Namespace) -> int:
+    from webhook.offline import mutate_command
+
+    return mutate_command(args)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from webhook.offline import validate_command
+
+    return validate_command(args)
 
 
 def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
@@ -75,6 +86,13 @@ def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
 
 
 def run_webhook(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
+
+    from gpuguard.policy.loading import PolicyError
+    from gpuguard.web import serving
+    from gpuguard.web.policy_source import PolicySource
+    from webhook.app import create_app
+
     settings = settings_from_args(args)
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
@@ -99,6 +117,8 @@ def run_webhook(args: argparse.Namespace) -> int:
 
 def _certificate(settings: WebhookSettings) -> ReloadingCertificate:
     """kube-apiserver only calls webhooks over HTTPS, so a certificate is required one way or the other."""
+    from gpuguard.web.tls import ReloadingCertificate, default_sans, ensure_self_signed
+
     if settings.self_signed_dir is not None:
         files = ensure_self_signed(settings.self_signed_dir, default_sans(settings.service_name, settings.namespace))
         return ReloadingCertificate(files.cert, files.key)

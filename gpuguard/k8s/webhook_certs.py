@@ -15,7 +15,7 @@ every webhook of its configurations:
   of the webhook's name so a concurrent reordering cannot patch the wrong entry. Nothing else is touched.
 
 This module is the Kubernetes I/O only. It must not generate keys or judge certificates: the `Issuer` does
-(`gpuguard.certs_cli` wires in the builders of `gpuguard.web.tls`), which keeps this package independent of
+(`gpuguard.certs` wires in the builders of `gpuguard.web.tls`), which keeps this package independent of
 `gpuguard.web`.
 """
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gpuguard.certs_cli import CertificateError, certificate_problems, tls_issuer
+from gpuguard.certs import CertificateError, certificate_problems, tls_issuer
 from gpuguard.cli import main
 from gpuguard.k8s.client import api_client
 from gpuguard.k8s.webhook_certs import (

@@ -1,0 +1,184 @@
+"""Time-slicing: the NVIDIA device plugin config entry this node should use, and the label that selects it.
+
+From policy `timeSlicing.nodes` (first rule whose `nodeLabels` all match this node's labels) the agent writes a
+named entry into the device plugin's ConfigMap (`version: v1`, `sharing.timeSlicing.resources[{name, replicas}]`)
+and points the node label `nvidia.com/device-plugin.config` at it. The plugin's config-manager reacts only to that
+label changing: editing an entry in place does nothing until the plugin restarts (NVIDIA/gpu-operator#1144). So an
+entry is never edited once written: its name comes from its content (`gpuguard-ts4-<hash>`), a different content
+gets a different name, and the label is flipped to it. The entry is written before the label points at it.
+
+Old entries stay (another node may still use them). When no rule matches any more the label is removed, but only
+if it names one of our entries: a config an admin selected by hand is left alone. A `default` entry without sharing
+is added when the ConfigMap has none, because the device plugin falls back to the only entry when no default is
+named, which would time-slice every unlabelled node. The entry carries no `flags`, so the plugin keeps the
+MIG strategy and other flags it was deployed with.
+
+The planning functions are pure; `TimeSlicer` is the thin shell that reads and writes through `NodeApi`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import yaml
+
+from gpuguard.k8s.cluster_state import JsonDict
+from gpuguard.k8s.nodes import Conflict, NodeApi, NodeApiError
+from gpuguard.policy.model import ConfigMapRef, TimeSlicing, TimeSlicingNodes
+from node_agent.metrics import AgentMetrics
+
+log = logging.getLogger(__name__)
+
+LABEL = "nvidia.com/device-plugin.config"
+ENTRY_PREFIX = "gpuguard-ts"
+DEFAULT_ENTRY = "default"
+DEFAULT_CONFIG = "version: v1\n"
+"""A device plugin config with no sharing: what unlabelled nodes get."""
+SHARED_RESOURCE = "nvidia.com/gpu"
+MIN_REPLICAS = 2
+"""The device plugin rejects a time-slicing config with fewer replicas."""
+WRITE_ATTEMPTS = 3
+"""Re-read and retry this often when another agent changed the ConfigMap between our read and write."""
+
+
+class TimeSlicingError(ValueError):
+    """The policy asks for something the device plugin would refuse."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    name: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabelChange:
+    value: str | None
+    """The new label value; None removes the label."""
+
+
+def matching_rule(config: TimeSlicing, labels: Mapping[str, str]) -> TimeSlicingNodes | None:
+    """The first rule whose node labels all match, or None."""
+    return next((rule for rule in config.nodes if _matches(rule, labels)), None)
+
+
+def _matches(rule: TimeSlicingNodes, labels: Mapping[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in rule.match.node_labels.items())
+
+
+def entry_text(config: TimeSlicing, replicas: int) -> str:
+    """The device plugin config (api/config/v1) that shares each GPU `replicas` ways."""
+    if replicas < MIN_REPLICAS:
+        raise TimeSlicingError(
+            f"timeSlicing replicas is {replicas}, must be at least {MIN_REPLICAS}: the NVIDIA device plugin refuses "
+            "fewer; remove the rule to stop time-slicing those nodes")
+    sharing = {
+        "renameByDefault": config.rename_by_default,
+        "failRequestsGreaterThanOne": config.fail_requests_greater_than_one,
+        "resources": [{"name": SHARED_RESOURCE, "replicas": replicas}],
+    }
+    return yaml.safe_dump({"version": "v1", "sharing": {"timeSlicing": sharing}}, sort_keys=False)
+
+
+def entry_for(config: TimeSlicing, replicas: int) -> Entry:
+    text = entry_text(config, replicas)
+    return Entry(f"{ENTRY_PREFIX}{replicas}-{hashlib.sha256(text.encode()).hexdigest()[:8]}", text)
+
+
+def desired_entry(config: TimeSlicing, labels: Mapping[str, str]) -> Entry | None:
+    rule = matching_rule(config, labels)
+    return entry_for(config, rule.replicas) if rule is not None else None
+
+
+def placed(entry: Entry, data: Mapping[str, str]) -> Entry:
+    """The entry under the first name that is free or already holds exactly this text (never overwrite another)."""
+    names = itertools.chain([entry.name], (f"{entry.name}-{n}" for n in itertools.count(2)))
+    return next(Entry(name, entry.text) for name in names if data.get(name, entry.text) == entry.text)
+
+
+def with_entry(existing: JsonDict | None, ref: ConfigMapRef, entry: Entry) -> tuple[JsonDict | None, Entry]:
+    """The ConfigMap to write (None if it already holds the entry) and the name the entry ends up under."""
+    data = dict((existing or {}).get("data") or {})
+    entry = placed(entry, data)
+    if data.get(entry.name) == entry.text:
+        return None, entry
+    data[entry.name] = entry.text
+    data.setdefault(DEFAULT_ENTRY, DEFAULT_CONFIG)
+    if existing is None:
+        metadata: JsonDict = {"name": ref.name, "namespace": ref.namespace,
+                              "labels": {"app.kubernetes.io/managed-by": "gpuguard"}}
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}, entry
+    return {**existing, "data": data}, entry
+
+
+def label_change(current: str | None, entry: Entry | None) -> LabelChange | None:
+    """Point the label at the entry; with no entry, remove the label only if it names one of ours."""
+    if entry is not None:
+        return None if current == entry.name else LabelChange(entry.name)
+    if current is not None and current.startswith(ENTRY_PREFIX):
+        return LabelChange(None)
+    return None
+
+
+def describe_label(node: str, change: LabelChange, current: str | None) -> str:
+    if change.value is None:
+        return f"remove label {LABEL} (was {current}) from node {node}"
+    return f"set label {LABEL}={change.value} on node {node} (was {current or 'unset'})"
+
+
+class TimeSlicer:
+    """Brings one node's device plugin config in line with the policy. With `dry_run`, only says what it would do."""
+
+    def __init__(
+        self, api: NodeApi, node: str, *, metrics: AgentMetrics, dry_run: bool = False,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self._api = api
+        self._node = node
+        self._metrics = metrics
+        self._dry_run = dry_run
+        self._say = say
+
+    def apply(self, config: TimeSlicing, labels: Mapping[str, str]) -> str | None:
+        """Make the changes; the label value in force afterwards (as it would be, in a dry run)."""
+        current = labels.get(LABEL)
+        entry = desired_entry(config, labels)
+        if entry is not None:
+            entry = self._ensure_entry(config.config_map, entry)
+        change = label_change(current, entry)
+        if change is None:
+            return current
+        self._report(describe_label(self._node, change, current))
+        if not self._dry_run:
+            self._api.patch_node_metadata(self._node, labels={LABEL: change.value})
+            self._metrics.time_slicing_changes.labels("label_set" if change.value else "label_removed").inc()
+        return change.value
+
+    def _ensure_entry(self, ref: ConfigMapRef, entry: Entry) -> Entry:
+        for _ in range(WRITE_ATTEMPTS):
+            existing = self._api.read_config_map(ref.namespace, ref.name)
+            update, entry = with_entry(existing, ref, entry)
+            if update is None:
+                return entry
+            action = "create" if existing is None else "update"
+            self._report(f"{action} ConfigMap {ref.namespace}/{ref.name}: add entry {entry.name}:\n{entry.text}")
+            if self._dry_run:
+                return entry
+            try:
+                (self._api.create_config_map if existing is None else self._api.replace_config_map)(update)
+            except Conflict:
+                continue  # another node's agent wrote first: read again and merge
+            self._metrics.time_slicing_changes.labels("entry_written").inc()
+            return entry
+        raise NodeApiError(f"write ConfigMap {ref.namespace}/{ref.name}",
+                           f"still conflicting with other writers after {WRITE_ATTEMPTS} attempts")
+
+    def _report(self, change: str) -> None:
+        if self._dry_run:
+            self._say(f"[dry-run] would {change}")
+        else:
+            log.info("time-slicing: %s", change)

@@ -1,0 +1,45 @@
+"""MIG profile names derived from NVML's numbers match the names the NVIDIA device plugin gives the resources."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuguard.policy.mig import model_named
+from node_agent.mig_naming import memory_gb, profile_name
+
+# (GPU memory as NVML reports it, GPU-instance memory as NVML reports it, compute slices, NVML profile enum) -> name.
+# Instance sizes are the `nvidia-smi mig -lgip` figures (reference/domain.md section 3).
+CASES = [
+    (81559, 9984, 1, 0, "1g.10gb"),  # H100 80GB HBM3
+    (81559, 9984, 1, 7, "1g.10gb+me"),  # _1_SLICE_REV1
+    (81559, 20096, 1, 9, "1g.20gb"),  # _1_SLICE_REV2: double memory
+    (81559, 20096, 2, 1, "2g.20gb"),
+    (81559, 40448, 3, 2, "3g.40gb"),
+    (81559, 40448, 4, 3, "4g.40gb"),
+    (81559, 81152, 7, 4, "7g.80gb"),
+    (40960, 4864, 1, 0, "1g.5gb"),  # A100-SXM4-40GB
+    (40960, 19968, 3, 2, "3g.20gb"),
+    (81920, 9728, 1, 0, "1g.10gb"),  # A100-SXM4-80GB
+    (143771, 16640, 1, 0, "1g.18gb"),  # H200
+    (143771, 71424, 3, 2, "3g.71gb"),  # half of 141 GB is 70.5: rounds up, as Go does
+    (24576, 5836, 1, 0, "1g.6gb"),  # A30 (4 memory slices, still rounded up to eighths)
+]
+
+
+@pytest.mark.parametrize(("gpu_mib", "instance_mib", "slices", "enum", "expected"), CASES)
+def test_profile_names_match_the_device_plugin(
+    gpu_mib: int, instance_mib: int, slices: int, enum: int, expected: str
+) -> None:
+    assert profile_name(slices=slices, instance_mib=instance_mib, gpu_mib=gpu_mib, profile_enum=enum) == expected
+
+
+def test_every_h100_profile_named_from_nvml_is_in_the_catalog() -> None:
+    catalog = model_named("H100-80GB")
+    assert catalog is not None
+    names = {profile_name(slices=s, instance_mib=m, gpu_mib=g, profile_enum=e) for g, m, s, e, _ in CASES[:7]}
+    assert names <= set(catalog.profile_names)
+
+
+def test_memory_is_rounded_up_to_the_next_eighth() -> None:
+    assert memory_gb(9984, 81559) == 10  # 12.2 % of the GPU -> 1/8 of 80 GB
+    assert memory_gb(10300, 81559) == 20  # just over an eighth -> 2/8
