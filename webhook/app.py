@@ -31,7 +31,7 @@ from gpuguard.web.policy_source import PolicySource
 from gpuguard.web.serving import add_metrics_route, add_probes
 from gpuguard.web.tls import ReloadingCertificate
 from webhook import keys
-from webhook.memo import Answer, MutationMemo
+from webhook.memo import Answer, MutationMemo, Unknown
 from webhook.metrics import WebhookMetrics
 from webhook.review import Outcome, display_name, review
 from webhook.settings import WebhookSettings
@@ -79,24 +79,24 @@ async def answer(request: web.Request, endpoint: Endpoint) -> web.Response:
     metrics = app[keys.METRICS]
     started = time.perf_counter()
     body = await request.read()
-    remembered = _recall(app, body) if endpoint == "mutate" else None
-    if remembered is not None:
-        known = remembered.outcome
-        metrics.admitted(endpoint, remembered.operation, known.kind, known.decision, known.rule,
+    recalled = _recall(app, body) if endpoint == "mutate" else None
+    if isinstance(recalled, Answer):
+        known = recalled.outcome
+        metrics.admitted(endpoint, recalled.operation, known.kind, known.decision, known.rule,
                          time.perf_counter() - started)
-        return web.Response(body=remembered.reply, content_type="application/json")
+        return web.Response(body=recalled.reply, content_type="application/json")
     try:
         admission = parse_review(body, pod_view=endpoint == "mutate")
     except InvalidReview as error:
         metrics.bad_requests.labels(endpoint).inc()
         return web.json_response({"error": str(error)}, status=400)
-    reply, outcome = _decide(endpoint, body, admission, app)
+    reply, outcome = _decide(endpoint, recalled, admission, app)
     _record(metrics, endpoint, admission, outcome, time.perf_counter() - started)
     return web.Response(body=reply, content_type="application/json")
 
 
-def _recall(app: web.Application, body: bytes) -> Answer | None:
-    """A repeat of a request already decided (see `webhook.memo`); None when it is new, or on any doubt."""
+def _recall(app: web.Application, body: bytes) -> Answer | Unknown | None:
+    """A repeat of a request already decided (see `webhook.memo`), the shape of a new one, or None on any doubt."""
     try:
         return app[keys.MEMO].recall(body, generation=app[keys.POLICY].generation)
     except Exception:  # the memo is an optimisation: if it fails, decide afresh
@@ -105,14 +105,14 @@ def _recall(app: web.Application, body: bytes) -> Answer | None:
 
 
 def _decide(
-    endpoint: Endpoint, body: bytes, admission: AdmissionReview, app: web.Application
+    endpoint: Endpoint, unknown: Unknown | None, admission: AdmissionReview, app: web.Application
 ) -> tuple[bytes, Outcome | None]:
     """The encoded reply and the decision behind it (None when the decision itself failed)."""
     request = admission.request
     policy, settings = app[keys.POLICY], app[keys.SETTINGS]
     try:
-        if endpoint == "mutate":
-            answered = app[keys.MEMO].answer(body, admission, policy.policy, generation=policy.generation)
+        if unknown is not None:
+            answered = app[keys.MEMO].answer(unknown, admission, policy.policy)
             return answered.reply, answered.outcome
         outcome = review(endpoint, request, policy.policy)
         return encode_reply(admission.api_version, outcome.response), outcome

@@ -17,7 +17,7 @@ new question. The memory is dropped whenever a new policy generation comes into 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic_core import to_json
 
@@ -57,6 +57,15 @@ class _Template:
     outcome: Outcome
 
 
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A request `recall` did not know: its shape, computed once, for `answer` to remember it by."""
+
+    blanked: bytes
+    uids: list[bytes]
+    size: int
+
+
 class MutationMemo:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
@@ -65,50 +74,44 @@ class MutationMemo:
         self.hits = 0
         self.misses = 0
 
-    def recall(self, body: bytes, *, generation: int) -> Answer | None:
-        """The reply to a repeat of a request answered under this policy generation; None if it is not one."""
+    def recall(self, body: bytes, *, generation: int) -> Answer | Unknown:
+        """The reply to a repeat of a request answered under this policy generation, or the new request's shape."""
         if generation != self._generation:
             self._templates.clear()
             self._generation = generation
-            return None
         blanked, uids = _shape(body)
+        unknown = Unknown(blanked, uids, len(body))
         template = self._templates.get(blanked)
         if template is None or len(uids) != len(template.other_uids) + 1:
-            return None
+            return unknown
         index = template.request_uid_index
         if (*uids[:index], *uids[index + 1:]) != template.other_uids:
-            return None
+            return unknown
         self.hits += 1
         reply = template.before_uid + b'"' + uids[index] + b'"' + template.after_uid
         return Answer(template.operation, reply, template.outcome)
 
-    def answer(self, body: bytes, review: AdmissionReview, policy: Policy, *, generation: int) -> Answer:
-        """Decide a request that `recall` did not know, and remember it for its repeats."""
-        if generation != self._generation:
-            self._templates.clear()
-            self._generation = generation
+    def answer(self, unknown: Unknown, review: AdmissionReview, policy: Policy) -> Answer:
+        """Decide a request `recall` did not know, and remember it for its repeats."""
         self.misses += 1
-        outcome = mutate(review.request, policy)
-        self._remember(body, review, outcome)
-        return Answer(review.request.operation, encode_reply(review.api_version, outcome.response), outcome)
-
-    def _remember(self, body: bytes, review: AdmissionReview, outcome: Outcome) -> None:
-        if len(body) > MAX_REMEMBERED_BODY:
-            return
-        blanked, uids = _shape(body)
-        request_uid = review.request.uid.encode()
-        positions = [i for i, uid in enumerate(uids) if uid == request_uid]
-        if len(positions) != 1:
-            return  # the uid is not a plain UID, or it is not alone: never guess which pair it is
+        request = review.request
+        outcome = mutate(request, policy)
         marked = encode_reply(review.api_version, outcome.response.model_copy(update={"uid": _SENTINEL}))
         before, found, after = marked.partition(_SENTINEL_JSON)
-        if not found or _SENTINEL_JSON in after:
-            return
+        if not found or _SENTINEL_JSON in after:  # cannot happen with a JSON encoder; never splice if it did
+            return Answer(request.operation, encode_reply(review.api_version, outcome.response), outcome)
+        self._remember(unknown, request.uid, _Template(request.operation, 0, (), before, after, outcome))
+        return Answer(request.operation, before + to_json(request.uid) + after, outcome)
+
+    def _remember(self, unknown: Unknown, request_uid: str, template: _Template) -> None:
+        positions = [i for i, uid in enumerate(unknown.uids) if uid == request_uid.encode()]
+        if len(positions) != 1 or unknown.size > MAX_REMEMBERED_BODY:
+            return  # the uid is not a plain UID, or it is not alone: never guess which pair it is
         if len(self._templates) >= self.capacity:
             del self._templates[next(iter(self._templates))]  # the oldest: dicts keep insertion order
         index = positions[0]
-        others = (*uids[:index], *uids[index + 1:])
-        self._templates[blanked] = _Template(review.request.operation, index, others, before, after, outcome)
+        others = (*unknown.uids[:index], *unknown.uids[index + 1:])
+        self._templates[unknown.blanked] = replace(template, request_uid_index=index, other_uids=others)
 
 
 def _shape(body: bytes) -> tuple[bytes, list[bytes]]:

@@ -9,7 +9,7 @@ from typing import Any
 from gpuguard.contracts.admission import encode_reply, parse_review
 from gpuguard.policy.model import Policy
 from tests.conftest import load_data, policy_with
-from webhook.memo import MutationMemo
+from webhook.memo import Answer, MutationMemo, Unknown
 from webhook.review import mutate
 
 
@@ -22,10 +22,10 @@ def compact(review: dict[str, Any], **request_changes: Any) -> bytes:
 
 def ask(memo: MutationMemo, body: bytes, policy: Policy, generation: int = 1) -> bytes:
     """What the server does: recall a repeat before parsing, else parse and decide."""
-    remembered = memo.recall(body, generation=generation)
-    if remembered is not None:
-        return remembered.reply
-    return memo.answer(body, parse_review(body, pod_view=True), policy, generation=generation).reply
+    recalled = memo.recall(body, generation=generation)
+    if isinstance(recalled, Answer):
+        return recalled.reply
+    return memo.answer(recalled, parse_review(body, pod_view=True), policy).reply
 
 
 def fresh(body: bytes, policy: Policy) -> bytes:
@@ -106,7 +106,7 @@ def test_a_uid_that_is_not_a_plain_kubernetes_uid_is_never_recalled(policy: Poli
     ask(memo, compact(review, uid="a"), policy)
     for odd in ("", "with space", 'quote"inside', "x" * 200):
         body = compact(review, uid=odd)
-        assert memo.recall(body, generation=1) is None, odd
+        assert isinstance(memo.recall(body, generation=1), Unknown), odd
 
 
 def test_an_invalid_body_that_looks_like_a_blanked_repeat_is_not_recalled(policy: Policy) -> None:
@@ -114,4 +114,4 @@ def test_an_invalid_body_that_looks_like_a_blanked_repeat_is_not_recalled(policy
     review = load_data("review-knative-triton.json")
     ask(memo, compact(review, uid="a"), policy)
     forged = compact(review, uid="a").replace(b'"uid":"a"', b'"uid":\x00')
-    assert memo.recall(forged, generation=1) is None
+    assert isinstance(memo.recall(forged, generation=1), Unknown)
