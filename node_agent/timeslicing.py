@@ -28,6 +28,7 @@ import yaml
 
 from gpuguard.k8s.cluster_state import JsonDict
 from gpuguard.k8s.nodes import Conflict, NodeApi, NodeApiError
+from gpuguard.policy.mig import base_product
 from gpuguard.policy.model import ConfigMapRef, TimeSlicing, TimeSlicingNodes
 from node_agent.metrics import AgentMetrics
 
@@ -39,6 +40,7 @@ DEFAULT_ENTRY = "default"
 DEFAULT_CONFIG = "version: v1\n"
 """A device plugin config with no sharing: what unlabelled nodes get."""
 SHARED_RESOURCE = "nvidia.com/gpu"
+PRODUCT_LABEL = "nvidia.com/gpu.product"
 MIN_REPLICAS = 2
 """The device plugin rejects a time-slicing config with fewer replicas."""
 WRITE_ATTEMPTS = 3
@@ -67,7 +69,18 @@ def matching_rule(config: TimeSlicing, labels: Mapping[str, str]) -> TimeSlicing
 
 
 def _matches(rule: TimeSlicingNodes, labels: Mapping[str, str]) -> bool:
-    return all(labels.get(key) == value for key, value in rule.match.node_labels.items())
+    return all(_label_matches(key, value, labels.get(key)) for key, value in rule.match.node_labels.items())
+
+
+def _label_matches(key: str, wanted: str, actual: str | None) -> bool:
+    """Exact, except the GPU product: once a node is time-sliced (renameByDefault false) GPU Feature Discovery
+    writes `Tesla-T4-SHARED` where it wrote `Tesla-T4`. Matching that exactly would remove the node's config label,
+    the plugin would stop sharing, GFD would write `Tesla-T4` again, and the node would flap for ever."""
+    if actual is None:
+        return False
+    if key == PRODUCT_LABEL:
+        return base_product(actual) == base_product(wanted)
+    return actual == wanted
 
 
 def entry_text(config: TimeSlicing, replicas: int) -> str:

@@ -45,6 +45,10 @@ def config(*rules: tuple[dict[str, str], int], **options: Any) -> TimeSlicing:
     ({**T4, "pool": "batch"}, 2),  # the first rule needs pool=cheap: the second (T4 only) matches
     (A10, None),
     ({}, None),
+    # Once sliced, GFD renames the product: the node must keep matching, or its label would flap on and off.
+    ({"nvidia.com/gpu.product": "Tesla-T4-SHARED"}, 2),
+    ({"nvidia.com/gpu.product": "Tesla-T4-SHARED", "pool": "cheap"}, 4),
+    ({"nvidia.com/gpu.product": "Tesla-T4X"}, None),
 ])
 def test_the_first_rule_whose_labels_all_match_wins(labels: dict[str, str], expected: int | None) -> None:
     rules = config(({**T4, "pool": "cheap"}, 4), (T4, 2))
