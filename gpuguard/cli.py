@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from gpuguard import __version__
 from gpuguard.policy_cli import add_policy_parser
+from scheduler_ext.cli import add_extender_parser
 from webhook.cli import add_offline_parsers, add_webhook_parser
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_webhook_parser(commands)
     add_offline_parsers(commands)
+    add_extender_parser(commands)
     add_policy_parser(commands)
     return parser
 
