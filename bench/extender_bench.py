@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -32,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from gpuguard.contracts.node_inventory import ANNOTATION  # noqa: E402
 from gpuguard.policy import gpustate  # noqa: E402
+from gpuguard.policy.gpuindex import GpuIndex  # noqa: E402
 from gpuguard.policy.gpustate import GpuRequest, NodeGpuState  # noqa: E402
 from tests.extender.fake_apiserver import FakeApiServer  # noqa: E402
 
@@ -67,7 +68,6 @@ def node_object(index: int, rnd: random.Random, now: str) -> dict[str, Any]:
         "node.kubernetes.io/instance-type": "p4d.24xlarge", "topology.kubernetes.io/region": "eu-west-1",
         "topology.kubernetes.io/zone": f"eu-west-1{'abc'[index % 3]}", "nvidia.com/gpu.present": "true",
         "nvidia.com/cuda.driver-version.full": "550.54.15", "nvidia.com/gfd.timestamp": "1772445591",
-        **{f"nvidia.com/gpu.deploy.{c}": "true" for c in ("driver", "device-plugin", "dcgm-exporter", "gpu-feature-discovery")},
     }
     if kind == "a100":
         product, allocatable, gpus = A100, {"nvidia.com/gpu": "8"}, [_gpu(name, i, A100, rnd) for i in range(8)]
@@ -105,8 +105,6 @@ def node_object(index: int, rnd: random.Random, now: str) -> dict[str, Any]:
             "nodeInfo": {"kubeletVersion": "v1.29.3", "containerRuntimeVersion": "containerd://1.7.13",
                          "kernelVersion": "5.15.0-1056-aws", "osImage": "Ubuntu 22.04.4 LTS", "architecture": "amd64",
                          "operatingSystem": "linux", "machineID": f"{index:032x}"},
-            "images": [{"names": [f"nvcr.io/nvidia/tritonserver@sha256:{index:064x}", "nvcr.io/nvidia/tritonserver:24.08-py3"],
-                        "sizeBytes": 7623418112}],
         },
     }
 
@@ -146,27 +144,33 @@ def pod_object(name: str, resource: str, count: int, product: str | None, node: 
                          "labels": {"serving.kserve.io/inferenceservice": name, "component": "predictor"}}}
 
 
-@dataclass
 class Mirror:
     """The client's own copy of the cluster (what kube-scheduler's cache knows), to pick candidates and bind."""
 
-    states: dict[str, NodeGpuState] = field(default_factory=dict)
-    bound: list[tuple[str, str, GpuRequest]] = field(default_factory=list)
+    def __init__(self, states: dict[str, NodeGpuState]) -> None:
+        self.index = GpuIndex(states.values())
+        self.names = set(states)
+        self.bound: list[tuple[str, str, GpuRequest]] = []
+
+    @property
+    def states(self) -> dict[str, NodeGpuState]:
+        return self.index.states
 
     def candidates(self, request: GpuRequest) -> list[str]:
+        """What kube-scheduler's NodeResourcesFit and NodeAffinity keep (as set operations, to keep the client light)."""
         (resource, count), product = request.resources[0], request.product
-        return [n for n, s in self.states.items()
-                if s.free.get(resource, 0) >= count and (product is None or s.product == product)]
+        among = self.names if product is None else self.names - self.index.not_product(product, self.names)
+        return sorted(n for _, names in self.index.free_groups(resource, count, among) for n in names)
 
     def bind(self, pod: str, node: str, request: GpuRequest) -> None:
-        self.states[node] = gpustate.bind(self.states[node], request).state
+        self.index.put(gpustate.bind(self.states[node], request).state)
         self.bound.append((pod, node, request))
 
     def release_random(self, rnd: random.Random) -> str | None:
         if not self.bound:
             return None
         pod, node, request = self.bound.pop(rnd.randrange(len(self.bound)))
-        self.states[node] = gpustate.release(self.states[node], request)
+        self.index.put(gpustate.release(self.states[node], request))
         return pod
 
 
@@ -197,6 +201,11 @@ def _shape(rnd: random.Random) -> tuple[str, int, str | None]:
 # -------------------------------------------------------------------------------------------------- names mode
 
 
+def _go_json(value: Any) -> bytes:
+    """Compact, as Go's encoding/json writes it (kube-scheduler's HTTPExtender)."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -208,6 +217,8 @@ def start_extender(args: list[str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen([sys.executable, "-m", "gpuguard", "--log-level", "WARNING", "extender",
                                 "--host", "127.0.0.1", "--port", str(port), *args],
                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with contextlib.suppress(PermissionError):
+        os.setpriority(os.PRIO_PROCESS, process.pid, 0)  # undo the client's nice for the extender
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
@@ -259,12 +270,12 @@ async def steady_load(url: str, server: FakeApiServer, mirror: Mirror, *, rate: 
                 unschedulable += 1
                 continue
             pod = pod_object(f"bench-{i}", resource, count, product, None)
-            filtered = await call("filter", json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names}).encode())
+            filtered = await call("filter", _go_json({"Pod": pod, "Nodes": None, "NodeNames": names}))
             kept = filtered.get("NodeNames") or []
             if not kept:
                 unschedulable += 1
                 continue
-            scores = await call("prioritize", json.dumps({"Pod": pod, "Nodes": None, "NodeNames": kept}).encode())
+            scores = await call("prioritize", _go_json({"Pod": pod, "Nodes": None, "NodeNames": kept}))
             best = max(s["Score"] for s in scores)
             node = rnd.choice([s["Host"] for s in scores if s["Score"] == best])
             mirror.bind(pod["metadata"]["name"], node, request)
@@ -279,26 +290,46 @@ async def steady_load(url: str, server: FakeApiServer, mirror: Mirror, *, rate: 
 
 
 def run_names(n: int, gc_mode: str, *, rate: float, seconds: float, seed: int) -> dict[str, Any]:
+    return asyncio.run(_run_names(n, gc_mode, rate=rate, seconds=seconds, seed=seed))
+
+
+async def _run_names(n: int, gc_mode: str, *, rate: float, seconds: float, seed: int) -> dict[str, Any]:
     nodes, pods, mirror = build_cluster(n, seed)
-    server = FakeApiServer()
-    server.start()
+    server = FakeApiServer()  # in this process's event loop: binding a pod is a direct call, no thread hand-off
     for obj in (*nodes, *pods):
         server.put(obj)
     port = _free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig.json")
-        loaded = time.perf_counter()
-        process = start_extender(["--kubeconfig", str(kubeconfig), "--gc", gc_mode], port)
-        ready_s = time.perf_counter() - loaded
-        try:
-            result = asyncio.run(steady_load(f"http://127.0.0.1:{port}", server, mirror, rate=rate, seconds=seconds,
-                                             seed=seed))
-            result["rss_mib"] = _rss_mib(process.pid)
-        finally:
-            process.terminate()
-            process.wait(10)
-            server.stop()
+    async with server.serving_here():
+        with tempfile.TemporaryDirectory() as tmp:
+            kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig.json")
+            loaded = time.perf_counter()
+            process = await asyncio.to_thread(start_extender, ["--kubeconfig", str(kubeconfig), "--gc", gc_mode], port)
+            ready_s = time.perf_counter() - loaded
+            try:
+                result = await steady_load(f"http://127.0.0.1:{port}", server, mirror, rate=rate, seconds=seconds,
+                                           seed=seed)
+                result["rss_mib"] = _rss_mib(process.pid)
+                result["server"] = await server_histograms(f"http://127.0.0.1:{port}")
+            finally:
+                process.terminate()
+                await asyncio.to_thread(process.wait, 10)
     return {"nodes": n, "gc": gc_mode, "ready_s": ready_s, **result}
+
+
+async def server_histograms(url: str) -> dict[str, dict[str, float]]:
+    """The extender's own latency histogram (read body -> encoded reply), as cumulative shares per bucket."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/metrics") as reply:
+            text = await reply.text()
+    found: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if line.startswith("gpuguard_extender_request_duration_seconds_bucket"):
+            labels, value = line.rsplit(" ", 1)
+            le = labels.split('le="')[1].split('"')[0]
+            verb = labels.split('verb="')[1].split('"')[0]
+            found.setdefault(verb, {})[le] = float(value)
+    return {verb: {le: count / buckets["+Inf"] for le, count in buckets.items() if buckets["+Inf"]}
+            for verb, buckets in found.items()}
 
 
 def _rss_mib(pid: int) -> float:
@@ -312,40 +343,48 @@ def _rss_mib(pid: int) -> float:
 
 
 def run_full(n: int, *, calls: int, seed: int) -> dict[str, Any]:
-    nodes, pods, mirror = build_cluster(n, seed)
-    for i, node in enumerate(nodes):
+    """Every request carries the Node objects kube-scheduler's own fit kept for a 1-GPU pod (no product selector)."""
+    nodes, pods, mirror = build_cluster(int(n * 1.1), seed)
+    request = GpuRequest((("nvidia.com/gpu", 1),))
+    feasible = set(mirror.candidates(request))
+    sent = [node for node in nodes if node["metadata"]["name"] in feasible][:n]
+    for i, node in enumerate(sent):
         node["metadata"]["resourceVersion"] = str(5000 + i)
-    pod = pod_object("full-0", "nvidia.com/gpu", 1, A100, None)
-    body = json.dumps({"Pod": pod, "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": None}).encode()
+    pod = pod_object("full-0", "nvidia.com/gpu", 1, None, None)
+    body = _go_json({"Pod": pod, "Nodes": {"metadata": {}, "items": sent}, "NodeNames": None})
+    server = FakeApiServer()  # pods (what the nodes hold) come from the watch; nodes come in every request
+    server.start()
+    for obj in pods:
+        server.put(obj)
     port = _free_port()
+    timings: dict[str, list[float]] = {"filter": [], "prioritize": []}
+    reply_bytes = 0
+
+    async def go() -> None:
+        nonlocal reply_bytes
+        async with aiohttp.ClientSession() as session:
+            for _ in range(calls):
+                for verb in ("filter", "prioritize"):
+                    started = time.perf_counter()
+                    async with session.post(f"http://127.0.0.1:{port}/{verb}", data=io.BytesIO(body)) as reply:
+                        data = await reply.read()
+                    timings[verb].append(time.perf_counter() - started)
+                    if verb == "filter":
+                        reply_bytes = len(data)
+                        assert json.loads(data)["Error"] == ""
+
     with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp) / "cluster.json"
-        state.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": pods}))  # pods only: Nodes arrive inline
-        process = start_extender(["--cluster-state", str(state)], port)
+        process = start_extender(["--kubeconfig", str(server.write_kubeconfig(Path(tmp) / "kubeconfig"))], port)
         try:
-            timings: dict[str, list[float]] = {"filter": [], "prioritize": []}
-            reply_bytes = 0
-
-            async def go() -> None:
-                nonlocal reply_bytes
-                async with aiohttp.ClientSession() as session:
-                    for _ in range(calls):
-                        for verb in ("filter", "prioritize"):
-                            started = time.perf_counter()
-                            async with session.post(f"http://127.0.0.1:{port}/{verb}", data=io.BytesIO(body)) as reply:
-                                data = await reply.read()
-                            timings[verb].append(time.perf_counter() - started)
-                            if verb == "filter":
-                                reply_bytes = len(data)
-                                assert json.loads(data)["Error"] == ""
-
             asyncio.run(go())
         finally:
             process.terminate()
             process.wait(10)
+            server.stop()
     first = {verb: t[0] * 1e3 for verb, t in timings.items()}
-    return {"nodes": n, "request_mb": len(body) / 1e6, "filter_reply_mb": reply_bytes / 1e6, "first_call_ms": first,
-            "filter": percentiles(timings["filter"][1:]), "prioritize": percentiles(timings["prioritize"][1:])}
+    return {"nodes": len(sent), "request_mb": len(body) / 1e6, "filter_reply_mb": reply_bytes / 1e6,
+            "first_call_ms": first, "filter": percentiles(timings["filter"][1:]),
+            "prioritize": percentiles(timings["prioritize"][1:])}
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -361,6 +400,9 @@ def main() -> None:
     parser.add_argument("--full-calls", type=int, default=15)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    # The load generator and the stand-in API server run in this process; let the extender win the CPU when they
+    # compete, as kube-scheduler and the extender would not share a core with them in a cluster.
+    os.nice(10)
     results: dict[str, Any] = {"names": [], "full": None}
     for n in [int(x) for x in args.nodes.split(",") if x]:
         modes = args.gc.split(",") if n == 5000 else ["tuned"]

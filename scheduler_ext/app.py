@@ -27,11 +27,16 @@ from gpuguard.contracts.extender import (
     encode_priorities,
     parse_args,
 )
-from gpuguard.policy.gpustate import NodeGpuState
 from gpuguard.web.policy_source import PolicySource
 from gpuguard.web.serving import add_metrics_route, add_probes
 from scheduler_ext import keys
-from scheduler_ext.extender import decide_filter, decide_priorities
+from scheduler_ext.extender import (
+    FilterOutcome,
+    decide_filter,
+    decide_filter_names,
+    decide_priorities,
+    decide_priorities_names,
+)
 from scheduler_ext.inventory.store import InventoryStore
 from scheduler_ext.metrics import ExtenderMetrics, StateCollector
 from scheduler_ext.settings import ExtenderSettings, GcSettings
@@ -93,10 +98,7 @@ async def handle_filter(request: web.Request) -> web.Response:
     outcome, result = "ok", ExtenderFilterResult()
     try:
         args = parse_args(await request.read())
-        decision = decide_filter(
-            args, _states(app, args), utilization=app[keys.BOARD].nodes,
-            scheduling=app[keys.POLICY].policy.scheduling, now=app[keys.CLOCK](),
-        )
+        decision = _filter(app, args)
         result = decision.result
         for reason, count in decision.denials.items():
             app[keys.METRICS].denials.labels(reason).inc(count)
@@ -122,10 +124,7 @@ async def handle_prioritize(request: web.Request) -> web.Response:
         return web.json_response({"error": f"gpuguard: {_describe(error)}"}, status=400)
     outcome = "ok"
     try:
-        hosts, scores = decide_priorities(
-            args, _states(app, args), utilization=app[keys.BOARD].nodes,
-            scheduling=app[keys.POLICY].policy.scheduling, now=app[keys.CLOCK](),
-        )
+        hosts, scores = _prioritize(app, args)
     except NotAnswerable as error:
         log.warning("prioritize answered with zero scores: %s", error)
         outcome, hosts, scores = "error", args.candidate_names, [0] * len(args.candidate_names)
@@ -137,15 +136,31 @@ async def handle_prioritize(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def _states(app: web.Application, args: ExtenderArgs) -> Sequence[NodeGpuState | None]:
+def _filter(app: web.Application, args: ExtenderArgs) -> FilterOutcome:
+    board, scheduling, now = app[keys.BOARD].nodes, app[keys.POLICY].policy.scheduling, app[keys.CLOCK]()
     store = app[keys.STORE]
     if args.nodes is not None:
-        return store.states_for_objects(args.nodes.items)
+        states = store.states_for_objects(args.nodes.items)
+        return decide_filter(args, states, utilization=board, scheduling=scheduling, now=now)
+    _require_cache(app)
+    return decide_filter_names(args, store.index, utilization=board, scheduling=scheduling, now=now)
+
+
+def _prioritize(app: web.Application, args: ExtenderArgs) -> tuple[list[str], list[int]]:
+    board, scheduling, now = app[keys.BOARD].nodes, app[keys.POLICY].policy.scheduling, app[keys.CLOCK]()
+    store = app[keys.STORE]
+    if args.nodes is not None:
+        states = store.states_for_objects(args.nodes.items)
+        return decide_priorities(args, states, utilization=board, scheduling=scheduling, now=now)
+    _require_cache(app)
+    return decide_priorities_names(args, store.index, utilization=board, scheduling=scheduling, now=now)
+
+
+def _require_cache(app: web.Application) -> None:
     if not app[keys.SETTINGS].has_node_source:
         raise NotAnswerable(NO_NODE_SOURCE)
-    if not store.ready:
+    if not app[keys.STORE].ready:
         raise NotAnswerable(NOT_SYNCED)
-    return store.states_for_names(args.node_names or [])
 
 
 def _describe(error: Exception) -> str:

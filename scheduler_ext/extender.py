@@ -1,8 +1,8 @@
 """The extender's decisions, in protocol terms: ExtenderArgs plus node GPU states in, filter result or scores out.
 
-Pure: the states are resolved by the caller (from the cache for NodeNames, from the request for full Nodes), `now` is
-passed in, and nothing is logged or reserved. The math lives in `gpuguard.policy.scoring`; this module maps it onto the
-wire: kept nodes in request order (`NodeNames` or the original `Nodes`), refusals split into `FailedNodes` (preemption
+Pure: node states come from the caller (the cache's `GpuIndex` for NodeNames, states built from the request for full
+Nodes), `now` is passed in, and nothing is logged or reserved. The math lives in `gpuguard.policy.scoring` (and its
+indexed twin `gpuguard.policy.gpuindex`, for thousands of names); this module maps it onto the wire: kept nodes in request order (`NodeNames` or the original `Nodes`), refusals split into `FailedNodes` (preemption
 or time may help) and `FailedAndUnresolvableNodes` (wrong product, no such resource), nodes the cache does not know
 refused with a reason that says so, and a score for every requested host (0 for unknown ones).
 """
@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gpuguard.contracts.extender import ExtenderArgs, ExtenderFilterResult
+from gpuguard.policy.gpuindex import GpuIndex, filter_names, score_names
 from gpuguard.policy.gpustate import GpuRequest, NodeGpuState, NodeUtilization, gpu_request
 from gpuguard.policy.model import Scheduling
-from gpuguard.policy.scoring import filter_nodes, score_nodes
+from gpuguard.policy.scoring import Refusal, filter_nodes, score_nodes
 
 UNKNOWN_NODE = "not in gpuguard's node cache yet (just added, or the cache is still syncing); retried next cycle"
 
@@ -36,27 +37,51 @@ def decide_filter(
     scheduling: Scheduling,
     now: float,
 ) -> FilterOutcome:
+    """Filter over states resolved by the caller (None: unknown node), for full-Node requests."""
     request = gpu_request(args.pod)
     if request.problem:
-        return FilterOutcome(ExtenderFilterResult(error=f"gpuguard cannot judge this pod: {request.problem}"), Counter())
+        return _cannot_judge(request)
     names = args.candidate_names
     known = [s for s in states if s is not None]
     passed, refusals = filter_nodes(request, known, utilization=utilization, scheduling=scheduling, now=now)
-    failed = {name: UNKNOWN_NODE for name, s in zip(names, states) if s is None}
+    unknown = [name for name, s in zip(names, states) if s is None]
+    kept = {s.name for s in passed}
+    if args.nodes is not None:
+        nodes = args.nodes.subset(i for i, name in enumerate(names) if name in kept)
+        return _outcome(ExtenderFilterResult(nodes=nodes), refusals, unknown)
+    return _outcome(ExtenderFilterResult(node_names=[n for n in names if n in kept]), refusals, unknown)
+
+
+def decide_filter_names(
+    args: ExtenderArgs,
+    index: GpuIndex,
+    *,
+    utilization: Mapping[str, NodeUtilization],
+    scheduling: Scheduling,
+    now: float,
+) -> FilterOutcome:
+    """Filter for NodeNames requests, answered from the cache's index."""
+    request = gpu_request(args.pod)
+    if request.problem:
+        return _cannot_judge(request)
+    kept, refusals, unknown = filter_names(
+        request, args.node_names or [], index, utilization=utilization, scheduling=scheduling, now=now
+    )
+    return _outcome(ExtenderFilterResult(node_names=kept), refusals, unknown)
+
+
+def _cannot_judge(request: GpuRequest) -> FilterOutcome:
+    return FilterOutcome(ExtenderFilterResult(error=f"gpuguard cannot judge this pod: {request.problem}"), Counter())
+
+
+def _outcome(result: ExtenderFilterResult, refusals: Sequence[Refusal], unknown: Sequence[str]) -> FilterOutcome:
+    failed = {name: UNKNOWN_NODE for name in unknown}
     denials: Counter[str] = Counter({"unknown-node": len(failed)} if failed else {})
     unresolvable: dict[str, str] = {}
     for refusal in refusals:
         (failed if refusal.resolvable else unresolvable)[refusal.node] = refusal.reason
         denials[refusal.cause] += 1
-    kept = {s.name for s in passed}
-    if args.nodes is not None:
-        nodes = args.nodes.subset(i for i, name in enumerate(names) if name in kept)
-        result = ExtenderFilterResult(nodes=nodes, failed_nodes=failed, failed_and_unresolvable_nodes=unresolvable)
-    else:
-        kept_names = [name for name in names if name in kept]
-        result = ExtenderFilterResult(
-            node_names=kept_names, failed_nodes=failed, failed_and_unresolvable_nodes=unresolvable
-        )
+    result = result.model_copy(update={"failed_nodes": failed, "failed_and_unresolvable_nodes": unresolvable})
     return FilterOutcome(result, denials)
 
 
@@ -80,3 +105,17 @@ def decide_priorities(
     for i, score in zip(positions, scored):
         scores[i] = score
     return names, scores
+
+
+def decide_priorities_names(
+    args: ExtenderArgs,
+    index: GpuIndex,
+    *,
+    utilization: Mapping[str, NodeUtilization],
+    scheduling: Scheduling,
+    now: float,
+) -> tuple[list[str], list[int]]:
+    """Prioritize for NodeNames requests, answered from the cache's index (unknown nodes score 0)."""
+    names = args.node_names or []
+    request = gpu_request(args.pod)
+    return names, score_names(request, names, index, utilization=utilization, scheduling=scheduling, now=now)

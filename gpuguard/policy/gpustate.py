@@ -37,6 +37,8 @@ from gpuguard.policy.quantity import whole_number
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 WHOLE_GPU = "nvidia.com/gpu"
+PERCENT_STEP = 5.0
+"""Utilization is compared in 5 % steps: the node agent rounds to 5 %, and smaller differences are noise."""
 
 # --------------------------------------------------------------------------------------------------- the pod's request
 
@@ -309,6 +311,8 @@ class NodeUtilization:
     whole: tuple[float, ...] = field(init=False)
     """Non-MIG percentages, ascending."""
     whole_means: tuple[float, ...] = field(init=False)
+    whole_levels: tuple[float, ...] = field(init=False)
+    """`whole_means` rounded to the PERCENT_STEP scoring compares them in."""
     whole_floor: float = field(init=False)
     """The idlest non-MIG GPU (inf when there is none)."""
     mig_ceiling: float = field(init=False)
@@ -326,6 +330,7 @@ class NodeUtilization:
         times = [s.at for s in self.samples] or [0.0]
         object.__setattr__(self, "whole", tuple(whole))
         object.__setattr__(self, "whole_means", tuple(means))
+        object.__setattr__(self, "whole_levels", tuple(PERCENT_STEP * round(m / PERCENT_STEP) for m in means))
         object.__setattr__(self, "whole_floor", whole[0] if whole else float("inf"))
         object.__setattr__(self, "mig_ceiling", max((s.percent for s in self.samples if s.mig), default=-float("inf")))
         object.__setattr__(self, "oldest", min(times))

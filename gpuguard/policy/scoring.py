@@ -43,13 +43,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gpuguard.policy import mig
-from gpuguard.policy.gpustate import GpuRequest, GpuSample, NodeGpuState, NodeUtilization, product_refusal
+from gpuguard.policy.gpustate import (
+    PERCENT_STEP,
+    GpuRequest,
+    GpuSample,
+    NodeGpuState,
+    NodeUtilization,
+    product_refusal,
+)
 from gpuguard.policy.model import Scheduling, Weights
 
 MAX_SCORE = 10
 NEUTRAL_PERCENT = 50.0
-PERCENT_STEP = 5.0
-"""Utilization is compared in 5 % steps: the node agent rounds to 5 %, and smaller differences are noise."""
 
 RefusalCause = Literal["product", "no-resource", "insufficient", "utilization"]
 FitKey = tuple[float, ...]

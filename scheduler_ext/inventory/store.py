@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gpuguard.policy.gpuindex import GpuIndex
 from gpuguard.policy.gpustate import NodeGpuState, with_used
 from scheduler_ext.inventory.nodes import NodeFacts, node_facts
 from scheduler_ext.inventory.pods import PodUsage, pod_key, pod_usage
@@ -34,7 +35,8 @@ class InventoryStore:
         self._facts: dict[str, NodeFacts] = {}
         self._pods: dict[str, PodUsage] = {}
         self._used: dict[str, dict[str, int]] = {}
-        self._states: dict[str, NodeGpuState] = {}
+        self.index = GpuIndex()
+        """Every node's current state, grouped for fast filter/prioritize over names."""
         self._pod_versions: dict[str, int] = {}
         self._request_memo: dict[str, tuple[str, int, NodeGpuState]] = {}
         self._problems: dict[str, str] = {}
@@ -54,10 +56,10 @@ class InventoryStore:
         return len(self._pods)
 
     def state(self, name: str) -> NodeGpuState | None:
-        return self._states.get(name)
+        return self.index.get(name)
 
     def states_for_names(self, names: Sequence[str]) -> list[NodeGpuState | None]:
-        get = self._states.get
+        get = self.index.states.get
         return [get(name) for name in names]
 
     def states_for_objects(self, items: Sequence[dict[str, Any]]) -> list[NodeGpuState]:
@@ -113,7 +115,7 @@ class InventoryStore:
 
     def _forget_node(self, name: str) -> None:
         self._facts.pop(name, None)
-        self._states.pop(name, None)
+        self.index.remove(name)
         self._problems.pop(name, None)
 
     def _checked(self, fact: NodeFacts) -> NodeFacts:
@@ -178,7 +180,7 @@ class InventoryStore:
     def _refresh(self, name: str) -> None:
         fact = self._facts.get(name)
         if fact is not None:
-            self._states[name] = self._with_pods(fact)
+            self.index.put(self._with_pods(fact))
 
     def _with_pods(self, fact: NodeFacts) -> NodeGpuState:
         if not self.pods_known:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,21 @@ class FakeApiServer:
         self.port = runner.addresses[0][1]
         ready.set()
         loop.run_forever()
+
+    @contextlib.asynccontextmanager
+    async def serving_here(self) -> AsyncIterator[str]:
+        """Serve in the caller's event loop (no thread): `put`/`delete` then act at once. Yields the base URL."""
+        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self.port = runner.addresses[0][1]
+        try:
+            yield self.url
+        finally:
+            for kind in self.kinds.values():
+                for queue in kind.watchers:
+                    queue.put_nowait(None)
+            await runner.cleanup()
 
     def stop(self) -> None:
         loop, runner = self._loop, self._runner

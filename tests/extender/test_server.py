@@ -196,8 +196,8 @@ async def test_internal_errors_become_an_error_or_zero_scores_and_are_logged(
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(scheduler_ext.app, "decide_filter", broken)
-    monkeypatch.setattr(scheduler_ext.app, "decide_priorities", broken)
+    for name in ("decide_filter", "decide_filter_names", "decide_priorities", "decide_priorities_names"):
+        monkeypatch.setattr(scheduler_ext.app, name, broken)
     client = await make_client()
     with caplog.at_level(logging.ERROR):
         _, reply = await post(client, "/filter", payload("names"))
