@@ -97,7 +97,7 @@ async def handle_filter(request: web.Request) -> web.Response:
     started = time.perf_counter()
     outcome, result = "ok", ExtenderFilterResult()
     try:
-        args = parse_args(await request.read())
+        args = _parse(app, await request.read())
         decision = _filter(app, args)
         result = decision.result
         for reason, count in decision.denials.items():
@@ -118,7 +118,7 @@ async def handle_prioritize(request: web.Request) -> web.Response:
     app = request.app
     started = time.perf_counter()
     try:
-        args = parse_args(await request.read())
+        args = _parse(app, await request.read())
     except (InvalidArgs, web.HTTPRequestEntityTooLarge) as error:
         _observe(app, "prioritize", "bad_request", started)
         return web.json_response({"error": f"gpuguard: {_describe(error)}"}, status=400)
@@ -134,6 +134,15 @@ async def handle_prioritize(request: web.Request) -> web.Response:
     body = encode_priorities(hosts, scores)
     _observe(app, "prioritize", outcome, started)
     return web.Response(body=body, content_type="application/json")
+
+
+def _parse(app: web.Application, body: bytes) -> ExtenderArgs:
+    """Full-Node requests reuse the Node objects of the previous one whose JSON text is unchanged."""
+    store = app[keys.STORE]
+    args = parse_args(body, known_nodes=store.node_texts)
+    if args.nodes is not None:
+        store.node_texts = args.nodes.known_texts()
+    return args
 
 
 def _filter(app: web.Application, args: ExtenderArgs) -> FilterOutcome:

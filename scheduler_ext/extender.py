@@ -45,11 +45,13 @@ def decide_filter(
     known = [s for s in states if s is not None]
     passed, refusals = filter_nodes(request, known, utilization=utilization, scheduling=scheduling, now=now)
     unknown = [name for name, s in zip(names, states) if s is None]
-    kept = {s.name for s in passed}
+    everything = len(passed) == len(names)
+    kept = set() if everything else {s.name for s in passed}
     if args.nodes is not None:
-        nodes = args.nodes.subset(i for i, name in enumerate(names) if name in kept)
+        nodes = args.nodes if everything else args.nodes.subset(i for i, n in enumerate(names) if n in kept)
         return _outcome(ExtenderFilterResult(nodes=nodes), refusals, unknown)
-    return _outcome(ExtenderFilterResult(node_names=[n for n in names if n in kept]), refusals, unknown)
+    kept_names = list(names) if everything else [n for n in names if n in kept]
+    return _outcome(ExtenderFilterResult(node_names=kept_names), refusals, unknown)
 
 
 def decide_filter_names(

@@ -16,7 +16,8 @@ A body that is not JSON, or not an ExtenderArgs, raises `InvalidArgs`; servers t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pydantic_core
@@ -30,6 +31,10 @@ MAX_PRIORITY = 10
 
 _DECODER = json.JSONDecoder()
 _SPACE = " \t\n\r"
+_NODE_START = r'\{(?:"kind":"Node","apiVersion":"v1",)?"metadata":\{'
+"""How Go's encoding/json begins a v1.Node (TypeMeta is usually empty, and then omitted, in informer objects)."""
+_NODE_BOUNDARY = re.compile(r"\}," + _NODE_START)
+_FIRST_NODE = re.compile(_NODE_START)
 
 
 class InvalidArgs(ValueError):
@@ -45,23 +50,43 @@ class NodeList(WireModel):
 
     items: list[dict[str, Any]] = Field(default_factory=list)
     _raw: tuple[str, ...] | None = PrivateAttr(default=None)
+    _whole: str | None = PrivateAttr(default=None)
+    """The original text of the whole items array, while the list is unchanged."""
 
     @classmethod
-    def from_raw(cls, items: list[dict[str, Any]], raw: Sequence[str] | None) -> NodeList:
+    def from_raw(cls, items: list[dict[str, Any]], raw: Sequence[str] | None, whole: str | None = None) -> NodeList:
         nodes = cls.model_construct(items=items)
         nodes._raw = tuple(raw) if raw is not None else None
+        nodes._whole = whole
         return nodes
 
     def subset(self, indices: Iterable[int]) -> NodeList:
         """The nodes at these positions, keeping their original JSON text."""
         chosen = list(indices)
+        if chosen == list(range(len(self.items))):
+            return self
         raw = [self._raw[i] for i in chosen] if self._raw is not None else None
         return NodeList.from_raw([self.items[i] for i in chosen], raw)
 
+    @property
+    def raw(self) -> tuple[str, ...] | None:
+        """Each item's original JSON text, when the list was parsed from a request."""
+        return self._raw
+
+    def known_texts(self) -> dict[str, dict[str, Any]]:
+        """Original text -> decoded item, to pass as `known_nodes` when parsing the next request."""
+        return dict(zip(self._raw, self.items)) if self._raw is not None else {}
+
     def to_json(self) -> str:
+        return "".join(self.json_parts())
+
+    def json_parts(self) -> list[str]:
+        """The encoded list in pieces, so a 16 MB reply is copied once when joined."""
+        if self._whole is not None:
+            return ['{"metadata":{},"items":', self._whole, "}"]
         if self._raw is None:
-            return self.model_dump_json()
-        return '{"metadata":{},"items":[' + ",".join(self._raw) + "]}"
+            return [self.model_dump_json()]
+        return ['{"metadata":{},"items":[', ",".join(self._raw), "]}"]
 
 
 class ExtenderArgs(WireModel):
@@ -112,14 +137,25 @@ class ExtenderBindingResult(WireModel):
 # ------------------------------------------------------------------------------------------------------------ decoding
 
 
-def parse_args(body: bytes | str) -> ExtenderArgs:
-    """Decode an ExtenderArgs body (either key casing); raise `InvalidArgs` naming what is wrong."""
+KnownNodes = Mapping[str, dict[str, Any]]
+"""Node JSON texts already decoded (by an earlier request) -> their decoded object, reused instead of decoding again."""
+
+
+def parse_args(body: bytes | str, *, known_nodes: KnownNodes | None = None) -> ExtenderArgs:
+    """Decode an ExtenderArgs body (either key casing); raise `InvalidArgs` naming what is wrong.
+
+    With `known_nodes`, a full-Node request in Go's compact encoding is split at its Node boundaries and every Node
+    whose exact text was seen before reuses the earlier object: kube-scheduler sends the same 5,000 Nodes with every
+    pod, and decoding them is most of the cost (the last Node is always decoded: only that finds where it ends). Each
+    piece is either such a known text or decoded and checked to be exactly one JSON object; anything else falls back
+    to decoding the whole list.
+    """
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError:
         raise InvalidArgs("the body is not UTF-8 JSON") from None
     try:
-        fields = _top_level(text)
+        fields = _top_level(text, known_nodes)
     except IndexError:
         raise InvalidArgs("the body ends before its JSON object is closed") from None
     except ValueError as error:
@@ -167,13 +203,13 @@ def _object(text: str, i: int, member: Callable[[str, int], int]) -> int:
         i = _expect(text, i, ",")
 
 
-def _top_level(text: str) -> dict[str, Any]:
+def _top_level(text: str, known: KnownNodes | None) -> dict[str, Any]:
     fields: dict[str, Any] = {}
 
     def member(key: str, at: int) -> int:
         name = key.lower()
         if name == "nodes" and text[at] == "{":
-            fields[name], end = _node_list(text, at)
+            fields[name], end = _node_list(text, at, known)
             return end
         fields[name], end = _DECODER.raw_decode(text, at)
         return end
@@ -184,18 +220,69 @@ def _top_level(text: str) -> dict[str, Any]:
     return fields
 
 
-def _node_list(text: str, start: int) -> tuple[NodeList, int]:
+def _node_list(text: str, start: int, known: KnownNodes | None) -> tuple[NodeList, int]:
     items: list[dict[str, Any]] = []
     raw: list[str] = []
+    whole: list[str] = []
 
     def member(key: str, at: int) -> int:
         if key == "items" and text[at] == "[":
-            return _items(text, at, items, raw)
+            split = _split_compact(text, at, known) if known is not None else None
+            end = _items(text, at, items, raw) if split is None else split[2]
+            if split is not None:
+                items[:], raw[:] = split[0], split[1]
+            whole.append(text[at:end])
+            return end
         _, end = _DECODER.raw_decode(text, at)
         return end
 
     end = _object(text, start, member)
-    return NodeList.from_raw(items, raw), end
+    return NodeList.from_raw(items, raw, whole[-1] if whole else "[]"), end
+
+
+def _split_compact(
+    text: str, at: int, known: KnownNodes
+) -> tuple[list[dict[str, Any]], list[str], int] | None:
+    """The items array at `at` split at Go's `},{"metadata":{` Node boundaries, or None to decode it normally.
+
+    A boundary string cannot occur inside a JSON string (its quotes would be escaped), and no field of a Node holds
+    objects that start with `metadata`; even so, every piece must be a known Node text or decode to exactly one
+    object, and the last Node must be followed by the closing bracket, or the split is abandoned.
+    """
+    start = at + 1
+    if not _FIRST_NODE.match(text, start):
+        return None
+    items: list[dict[str, Any]] = []
+    raw: list[str] = []
+    for boundary in _NODE_BOUNDARY.finditer(text, start):
+        end = boundary.start() + 1
+        item = _one_object(text[start:end], known)
+        if item is None:
+            return None
+        items.append(item)
+        raw.append(text[start:end])
+        start = end + 1
+    try:
+        last, end = _DECODER.raw_decode(text, start)
+    except ValueError:
+        return None
+    close = _skip(text, end)
+    if not isinstance(last, dict) or close >= len(text) or text[close] != "]":
+        return None
+    items.append(last)
+    raw.append(text[start:end])
+    return items, raw, close + 1
+
+
+def _one_object(piece: str, known: KnownNodes) -> dict[str, Any] | None:
+    item = known.get(piece)
+    if item is not None:
+        return item
+    try:
+        decoded, end = _DECODER.raw_decode(piece)
+    except ValueError:
+        return None
+    return decoded if isinstance(decoded, dict) and end == len(piece) else None
 
 
 def _items(text: str, i: int, items: list[dict[str, Any]], raw: list[str]) -> int:
@@ -221,8 +308,8 @@ def _items(text: str, i: int, items: list[dict[str, Any]], raw: list[str]) -> in
 def encode_filter_result(result: ExtenderFilterResult) -> bytes:
     """The reply with Go field names; kept Node texts are spliced in unchanged."""
     rest = result.model_dump_json(by_alias=True, exclude={"nodes"})
-    nodes = result.nodes.to_json() if result.nodes is not None else "null"
-    return ('{"Nodes":' + nodes + "," + rest[1:]).encode()
+    nodes = result.nodes.json_parts() if result.nodes is not None else ["null"]
+    return "".join(['{"Nodes":', *nodes, ",", rest[1:]]).encode()
 
 
 def encode_priorities(hosts: Sequence[str], scores: Sequence[int]) -> bytes:

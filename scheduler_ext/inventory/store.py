@@ -39,6 +39,8 @@ class InventoryStore:
         """Every node's current state, grouped for fast filter/prioritize over names."""
         self._pod_versions: dict[str, int] = {}
         self._request_memo: dict[str, tuple[str, int, NodeGpuState]] = {}
+        self.node_texts: dict[str, dict[str, Any]] = {}
+        """The last full-Node request's Node texts -> decoded Nodes (`parse_args(known_nodes=...)`)."""
         self._problems: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------------------------------- reads

@@ -127,3 +127,72 @@ def test_binding_args_and_result_use_the_go_field_names() -> None:
     )
     assert (args.pod_name, args.pod_namespace, args.pod_uid, args.node) == ("p", "ns", "u-1", "gpu-a100-0")
     assert json.loads(encode_binding_result(ExtenderBindingResult(error="nope"))) == {"Error": "nope"}
+
+
+def go_json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def compact_request(nodes: list[dict[str, object]], pod: dict[str, object] | None = None) -> bytes:
+    return go_json({"Pod": pod or {"metadata": {"name": "p"}}, "Nodes": {"metadata": {}, "items": nodes},
+                    "NodeNames": None})
+
+
+def sample_nodes() -> list[dict[str, object]]:
+    args = parse_args(payload("nodes"))
+    assert args.nodes is not None
+    return args.nodes.items
+
+
+def test_unchanged_nodes_of_a_repeated_request_are_not_decoded_again() -> None:
+    nodes = sample_nodes()
+    first = parse_args(compact_request(nodes), known_nodes={})
+    assert first.nodes is not None
+    changed = json.loads(json.dumps(nodes))
+    changed[1]["metadata"]["resourceVersion"] = "123"
+    second = parse_args(compact_request(changed), known_nodes=first.nodes.known_texts())
+    assert second.nodes is not None
+    assert second.nodes.items == changed
+    reused = [a is b for a, b in zip(first.nodes.items, second.nodes.items)]
+    assert reused == [True, False, True, True, False]  # the last Node's end is only found by decoding it
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["pretty", "typemeta", "boundary-in-a-string", "boundary-after-the-list", "single", "empty"],
+)
+def test_splitting_at_node_boundaries_never_changes_the_result(variant: str) -> None:
+    nodes = sample_nodes()
+    pod: dict[str, object] = {"metadata": {"name": "p"}}
+    if variant == "typemeta":
+        nodes = [{"kind": "Node", "apiVersion": "v1", **n} for n in nodes]
+    if variant == "boundary-in-a-string":
+        nodes[0]["metadata"]["annotations"]["trap"] = '},{"metadata":{"name":"fake"}}'  # type: ignore[index]
+    if variant == "boundary-after-the-list":
+        pod = {"metadata": {"name": "p"}, "spec": {"x": [{"a": 1}, {"metadata": {"name": "fake"}}]}}
+    if variant == "single":
+        nodes = nodes[:1]
+    if variant == "empty":
+        nodes = []
+    body = compact_request(nodes, pod)
+    if variant == "boundary-after-the-list":
+        body = go_json({"Nodes": {"metadata": {}, "items": nodes}, "Pod": pod, "NodeNames": None})
+    if variant == "pretty":
+        body = json.dumps(json.loads(body), indent=2).encode()
+    plain = parse_args(body)
+    first = parse_args(body, known_nodes={})
+    assert first.nodes is not None and plain.nodes is not None
+    again = parse_args(body, known_nodes=first.nodes.known_texts())
+    assert again.nodes is not None
+    assert first.nodes.items == again.nodes.items == plain.nodes.items == nodes
+    assert again.pod == pod
+    assert json.loads(encode_filter_result(ExtenderFilterResult(nodes=again.nodes)))["Nodes"]["items"] == nodes
+
+
+def test_a_request_whose_node_list_is_kept_whole_is_echoed_byte_for_byte() -> None:
+    body = compact_request(sample_nodes())
+    args = parse_args(body, known_nodes={})
+    assert args.nodes is not None
+    reply = encode_filter_result(ExtenderFilterResult(nodes=args.nodes))
+    original = body[body.index(b'"items":') + len(b'"items":'):body.rindex(b'},"NodeNames"')]
+    assert original in reply
