@@ -86,9 +86,10 @@ def node_object(index: int, rnd: random.Random, now: str) -> dict[str, Any]:
     return {
         "kind": "Node", "apiVersion": "v1",
         "metadata": {
-            "name": name, "uid": f"6f0c{index:08d}-3b1e-4f7a-9c2d-5e8f0a1b2c3d", "creationTimestamp": "2026-02-20T08:15:42Z",
-            "labels": labels,
-            "annotations": {ANNOTATION: json.dumps(inventory, separators=(",", ":")), "node.alpha.kubernetes.io/ttl": "0",
+            "name": name, "uid": f"6f0c{index:08d}-3b1e-4f7a-9c2d-5e8f0a1b2c3d",
+            "creationTimestamp": "2026-02-20T08:15:42Z", "labels": labels,
+            "annotations": {ANNOTATION: json.dumps(inventory, separators=(",", ":")),
+                            "node.alpha.kubernetes.io/ttl": "0",
                             "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
         },
         "spec": {"podCIDR": f"10.{index // 250}.{index % 250}.0/24", "providerID": f"aws:///eu-west-1a/i-0{index:016x}",
@@ -134,7 +135,8 @@ def pod_object(name: str, resource: str, count: int, product: str | None, node: 
             {"name": "kserve-container", "image": "vllm/vllm-openai:v0.6.3",
              "resources": {"limits": {"cpu": "4", "memory": "32Gi", resource: str(count)},
                            "requests": {"cpu": "4", "memory": "32Gi", resource: str(count)}}},
-            {"name": "queue-proxy", "image": "gcr.io/knative-releases/queue:v1.15", "resources": {"requests": {"cpu": "25m"}}},
+            {"name": "queue-proxy", "image": "gcr.io/knative-releases/queue:v1.15",
+             "resources": {"requests": {"cpu": "25m"}}},
         ],
     }
     if node:
@@ -157,7 +159,7 @@ class Mirror:
         return self.index.states
 
     def candidates(self, request: GpuRequest) -> list[str]:
-        """What kube-scheduler's NodeResourcesFit and NodeAffinity keep (as set operations, to keep the client light)."""
+        """What kube-scheduler's NodeResourcesFit and NodeAffinity keep (set operations: the client stays light)."""
         (resource, count), product = request.resources[0], request.product
         among = self.names if product is None else self.names - self.index.not_product(product, self.names)
         return sorted(n for _, names in self.index.free_groups(resource, count, among) for n in names)
@@ -182,14 +184,15 @@ def build_cluster(n: int, seed: int) -> tuple[list[dict[str, Any]], list[dict[st
     nodes = [node_object(i, rnd, now) for i in range(n)]
     mirror = Mirror({f.name: gpustate.with_used(f.state, {}) for f in map(node_facts, nodes)})
     pods = []
+    names = sorted(mirror.states)
     for i in range(n * 2):  # fill about half the GPUs to start with
         resource, count, product = _shape(rnd)
-        request = gpustate.GpuRequest(((resource, count),), product)
-        fits = mirror.candidates(request)
-        if fits:
-            node, name = rnd.choice(fits), f"warm-{i}"
+        node = rnd.choice(names)
+        state = mirror.states[node]
+        if state.free_of(resource) >= count and (product is None or state.product == product):
+            name = f"warm-{i}"
             pods.append(pod_object(name, resource, count, product, node))
-            mirror.bind(name, node, request)
+            mirror.bind(name, node, gpustate.GpuRequest(((resource, count),), product))
     return nodes, pods, mirror
 
 
@@ -306,8 +309,10 @@ async def _run_names(n: int, gc_mode: str, *, rate: float, seconds: float, seed:
             process = await asyncio.to_thread(start_extender, ["--kubeconfig", str(kubeconfig), "--gc", gc_mode], port)
             ready_s = time.perf_counter() - loaded
             try:
+                cpu = _cpu_seconds(process.pid)
                 result = await steady_load(f"http://127.0.0.1:{port}", server, mirror, rate=rate, seconds=seconds,
                                            seed=seed)
+                result["server_cpu_ms_per_pod"] = (_cpu_seconds(process.pid) - cpu) * 1e3 / result["pods"]
                 result["rss_mib"] = _rss_mib(process.pid)
                 result["server"] = await server_histograms(f"http://127.0.0.1:{port}")
             finally:
@@ -330,6 +335,12 @@ async def server_histograms(url: str) -> dict[str, dict[str, float]]:
             found.setdefault(verb, {})[le] = float(value)
     return {verb: {le: count / buckets["+Inf"] for le, count in buckets.items() if buckets["+Inf"]}
             for verb, buckets in found.items()}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU the process used so far: the extender's own cost, whatever else competes for the cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mib(pid: int) -> float:
@@ -387,6 +398,93 @@ def run_full(n: int, *, calls: int, seed: int) -> dict[str, Any]:
             "prioritize": percentiles(timings["prioritize"][1:])}
 
 
+# ------------------------------------------------------------------------------------- the request path alone
+
+
+def request_path(n: int, gc_mode: str, *, requests: int, seed: int) -> dict[str, Any]:
+    """The handlers' work without HTTP, in this (fresh) process: parse, decide and encode, per verb.
+
+    CPU time per call is what the code costs whatever else runs on the machine; the wall-time p99 of the whole pod
+    (filter + prioritize) shows the garbage collector's pauses, which is what `--gc` changes.
+    """
+    from gpuguard.contracts.extender import encode_filter_result, encode_priorities, parse_args
+    from gpuguard.policy.loading import default_policy
+    from scheduler_ext.app import freeze_state, tune_gc
+    from scheduler_ext.extender import decide_filter_names, decide_priorities_names
+    from scheduler_ext.inventory.store import InventoryStore
+    from scheduler_ext.settings import GcSettings
+
+    settings = GcSettings(mode=gc_mode)  # type: ignore[arg-type]
+    tune_gc(settings)
+    nodes, pods, mirror = build_cluster(n, seed)
+    store = InventoryStore()
+    store.replace_nodes(nodes)
+    store.replace_pods(pods)
+    del nodes, pods
+    freeze_state(settings)()
+    pauses = _watch_gc()
+    scheduling, rnd = default_policy().scheduling, random.Random(seed)
+    board: dict[str, Any] = {}  # no Prometheus: the agent annotations' utilization counts
+    cpu: dict[str, list[float]] = {"filter": [], "prioritize": []}
+    wall: list[float] = []
+    candidates: list[int] = []
+    for i in range(requests):
+        resource, count, product = _shape(rnd)
+        request = GpuRequest(((resource, count),), product)
+        names = mirror.candidates(request)
+        candidates.append(len(names))
+        body = _go_json({"Pod": pod_object(f"p{i}", resource, count, product, None), "Nodes": None, "NodeNames": names})
+        started, c0 = time.perf_counter(), time.process_time()
+        args = parse_args(body)
+        filtered = decide_filter_names(args, store.index, utilization=board, scheduling=scheduling, now=time.time())
+        encode_filter_result(filtered.result)
+        c1 = time.process_time()
+        hosts, scores = decide_priorities_names(parse_args(body), store.index, utilization=board,
+                                                scheduling=scheduling, now=time.time())
+        encode_priorities(hosts, scores)
+        c2 = time.process_time()
+        wall.append(time.perf_counter() - started)
+        cpu["filter"].append(c1 - c0)
+        cpu["prioritize"].append(c2 - c1)
+        best = max(scores, default=0)
+        chosen = [h for h, sc in zip(hosts, scores) if sc == best]
+        if chosen and best > 0:  # bind, so the cache churns as in a cluster
+            node = rnd.choice(chosen)
+            bound = pod_object(f"p{i}", resource, count, product, node)
+            store.upsert_pod(bound)
+            mirror.bind(f"p{i}", node, request)
+    return {"nodes": n, "gc": gc_mode, "mean_candidates": statistics.fmean(candidates),
+            "filter_cpu": percentiles(cpu["filter"]), "prioritize_cpu": percentiles(cpu["prioritize"]),
+            "pod_wall": percentiles(wall), "gc_pauses": {
+                f"gen{g}": {"count": len(p), "total_ms": sum(p) * 1e3, "max_ms": max(p, default=0) * 1e3}
+                for g, p in sorted(pauses.items())}}
+
+
+def _watch_gc() -> dict[int, list[float]]:
+    """Every garbage collection from now on, by generation, with how long it stopped the process."""
+    import gc
+
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses[info["generation"]].append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(callback)
+    return pauses
+
+
+def run_request_path(n: int, gc_mode: str, *, requests: int, seed: int) -> dict[str, Any]:
+    """`request_path` in a fresh interpreter, so one mode's heap and GC state cannot colour the other's."""
+    command = [sys.executable, __file__, "--request-path-only", f"{n}:{gc_mode}:{requests}:{seed}"]
+    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 
 
@@ -399,12 +497,28 @@ def main() -> None:
     parser.add_argument("--full-nodes", type=int, default=5000, help="nodes per full-Node request (0: skip)")
     parser.add_argument("--full-calls", type=int, default=15)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=1000, help="pods for the request-path measurement")
+    parser.add_argument("--skip-http", action="store_true", help="only the request-path measurement")
+    parser.add_argument("--request-path-only", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.request_path_only:
+        n, mode, requests, seed = args.request_path_only.split(":")
+        print(json.dumps(request_path(int(n), mode, requests=int(requests), seed=int(seed))))
+        return
     # The load generator and the stand-in API server run in this process; let the extender win the CPU when they
     # compete, as kube-scheduler and the extender would not share a core with them in a cluster.
     os.nice(10)
-    results: dict[str, Any] = {"names": [], "full": None}
-    for n in [int(x) for x in args.nodes.split(",") if x]:
+    results: dict[str, Any] = {"names": [], "full": None, "path": []}
+    sizes = [int(x) for x in args.nodes.split(",") if x]
+    for n in sizes:
+        for mode in (args.gc.split(",") if n == 5000 else ["tuned"]):
+            result = run_request_path(n, mode, requests=args.requests, seed=args.seed)
+            results["path"].append(result)
+            print(json.dumps(result), flush=True)
+    if args.skip_http:
+        print(summary(results))
+        return
+    for n in sizes:
         modes = args.gc.split(",") if n == 5000 else ["tuned"]
         for mode in modes:
             result = run_names(n, mode, rate=args.rate, seconds=args.seconds, seed=args.seed)
@@ -417,12 +531,26 @@ def main() -> None:
 
 
 def summary(results: dict[str, Any]) -> str:
-    lines = ["", "| nodes | gc | pods/s | candidates | filter p50 / p99 (ms) | prioritize p50 / p99 (ms) | RSS MiB |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["", "Request path without HTTP (parse + decide + encode), CPU ms per call and wall ms per pod:", "",
+             "| nodes | gc | candidates | filter CPU p50 / p99 | prioritize CPU p50 / p99 | pod wall p50 / p99 / max "
+             "| GC gen0 / gen1 / gen2 collections (longest, ms) |", "|---:|---|---:|---:|---:|---:|---|"]
+    for r in results["path"]:
+        f, p, w, g = r["filter_cpu"], r["prioritize_cpu"], r["pod_wall"], r["gc_pauses"]
+        collections = " / ".join(f"{g[k]['count']} ({g[k]['max_ms']:.1f})" for k in ("gen0", "gen1", "gen2"))
+        lines.append(f"| {r['nodes']} | {r['gc']} | {r['mean_candidates']:.0f} | "
+                     f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f} | "
+                     f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} | {w['p50_ms']:.2f} / {w['p99_ms']:.2f} / "
+                     f"{w['max_ms']:.1f} | {collections} |")
+    if not results["names"]:
+        return "\n".join(lines)
+    lines += ["", "Over HTTP at a steady pod rate (client-measured latency per call):", "",
+              "| nodes | gc | pods/s | candidates | filter p50 / p99 (ms) | prioritize p50 / p99 (ms) | "
+              "extender CPU ms/pod | RSS MiB |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in results["names"]:
         lines.append(f"| {r['nodes']} | {r['gc']} | {r['achieved_pods_per_s']:.0f} | {r['mean_candidates']:.0f} | "
                      f"{r['filter']['p50_ms']:.2f} / {r['filter']['p99_ms']:.2f} | "
-                     f"{r['prioritize']['p50_ms']:.2f} / {r['prioritize']['p99_ms']:.2f} | {r['rss_mib']:.0f} |")
+                     f"{r['prioritize']['p50_ms']:.2f} / {r['prioritize']['p99_ms']:.2f} | "
+                     f"{r['server_cpu_ms_per_pod']:.2f} | {r['rss_mib']:.0f} |")
     full = results.get("full")
     if full:
         lines += ["", f"full-Node: {full['nodes']} nodes, request {full['request_mb']:.1f} MB, filter reply "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def run_extender(args: argparse.Namespace) -> int:
         store = InventoryStore(pods_known=settings.has_node_source)
         board = UtilizationBoard()
         metrics = ExtenderMetrics(registry)
-        background = _background(settings, store, board, metrics)
+        background = _background(settings, store, board, metrics, policy)
     except PolicyError as error:
         print(f"gpuguard extender: the policy {settings.policy_path} is invalid:\n{error}", file=sys.stderr)
         return 2
@@ -99,8 +100,18 @@ def run_extender(args: argparse.Namespace) -> int:
     return 0
 
 
+def _after_refresh(
+    result: str, metrics: ExtenderMetrics, store: InventoryStore, board: UtilizationBoard, policy: PolicySource
+) -> None:
+    """Count the refresh; after a good one, rebuild the cached utilization levels now rather than in a request."""
+    metrics.utilization_refreshes.labels(result).inc()
+    if result == "success":
+        store.index.whole_levels(board.nodes, policy.policy.scheduling.metrics_max_age, time.time())
+
+
 def _background(
-    settings: ExtenderSettings, store: InventoryStore, board: UtilizationBoard, metrics: ExtenderMetrics
+    settings: ExtenderSettings, store: InventoryStore, board: UtilizationBoard, metrics: ExtenderMetrics,
+    policy: PolicySource,
 ) -> Sequence[CleanupContext]:
     contexts: list[CleanupContext] = []
     freeze = freeze_state(settings.gc)
@@ -116,7 +127,7 @@ def _background(
     if settings.prometheus_url:
         poller = PrometheusPoller(
             PollerSettings(settings.prometheus_url, settings.prometheus_interval, settings.prometheus_timeout), board,
-            on_result=lambda result: metrics.utilization_refreshes.labels(result).inc(),
+            on_result=lambda result: _after_refresh(result, metrics, store, board, policy),
         )
         contexts.append(lambda _: poller.running())
     return contexts

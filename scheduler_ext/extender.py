@@ -2,9 +2,10 @@
 
 Pure: node states come from the caller (the cache's `GpuIndex` for NodeNames, states built from the request for full
 Nodes), `now` is passed in, and nothing is logged or reserved. The math lives in `gpuguard.policy.scoring` (and its
-indexed twin `gpuguard.policy.gpuindex`, for thousands of names); this module maps it onto the wire: kept nodes in request order (`NodeNames` or the original `Nodes`), refusals split into `FailedNodes` (preemption
-or time may help) and `FailedAndUnresolvableNodes` (wrong product, no such resource), nodes the cache does not know
-refused with a reason that says so, and a score for every requested host (0 for unknown ones).
+indexed twin `gpuguard.policy.gpuindex`, for thousands of names); this module maps it onto the wire: kept nodes in
+request order (`NodeNames` or the original `Nodes`), refusals split into `FailedNodes` (preemption or time may help)
+and `FailedAndUnresolvableNodes` (wrong product, no such resource), nodes the cache does not know refused with a
+reason that says so, and a score for every requested host (0 for unknown ones).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def decide_priorities(
 ) -> tuple[list[str], list[int]]:
     """(hosts, scores) in request order; unknown nodes and pods without GPU requests score 0."""
     names = args.candidate_names
-    request: GpuRequest = gpu_request(args.pod)
+    request = gpu_request(args.pod)
     positions = [i for i, s in enumerate(states) if s is not None]
     known = [s for s in states if s is not None]
     scored = score_nodes(request, known, utilization=utilization, scheduling=scheduling, now=now)

@@ -161,8 +161,11 @@ def _brief(error: Exception) -> str:
 class ClusterWatch:
     """Nodes and bound Pods, each in its own `KindWatcher`."""
 
-    def __init__(self, api: client.ApiClient, handler: WatchHandler, *, settings: WatchSettings = WatchSettings()):
-        self._watchers = [KindWatcher(api, kind, handler, settings=settings) for kind in ("Node", "Pod")]
+    def __init__(
+        self, api: client.ApiClient, handler: WatchHandler, *, settings: WatchSettings = WatchSettings()
+    ) -> None:
+        kinds: tuple[Kind, ...] = ("Node", "Pod")
+        self._watchers = [KindWatcher(api, kind, handler, settings=settings) for kind in kinds]
 
     def start(self) -> None:
         for watcher in self._watchers:

@@ -15,7 +15,8 @@ node affinity on the product, spread) take the general functions. Pure: no I/O, 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from gpuguard.policy import mig
 from gpuguard.policy.gpustate import PERCENT_STEP, GpuRequest, NodeGpuState, NodeUtilization
@@ -49,6 +50,9 @@ class GpuIndex:
         self._ceilings: list[tuple[float, str]] = []
         """(reported MIG ceiling, name), sorted."""
         self._polled: tuple[int, float, frozenset[str], frozenset[str]] | None = None
+        self._levels: _LevelCache | None = None
+        self._dirty: set[str] = set()
+        """Nodes changed since the level cache last looked."""
         for state in states:
             self.put(state)
 
@@ -68,6 +72,7 @@ class GpuIndex:
         self.remove(state.name)
         name = state.name
         self.states[name] = state
+        self._dirty.add(name)
         for resource in state.allocatable:
             self._has.setdefault(resource, set()).add(name)
             self._free.setdefault(resource, {}).setdefault(state.free_of(resource), set()).add(name)
@@ -82,6 +87,7 @@ class GpuIndex:
         state = self.states.pop(name, None)
         if state is None:
             return
+        self._dirty.add(name)
         for resource in state.allocatable:
             self._has[resource].discard(name)
             self._free[resource][state.free_of(resource)].discard(name)
@@ -129,6 +135,84 @@ class GpuIndex:
             mig_hot = frozenset(n for n, u in polled.items() if u.mig_ceiling >= limit)
             cached = self._polled = (id(polled), limit, whole, mig_hot)
         return cached[2], cached[3]
+
+
+    def whole_levels(self, polled: Mapping[str, NodeUtilization], max_age: float, now: float) -> _LevelCache:
+        """Each node's whole-GPU utilization level for 1..LEVEL_COUNTS requested GPUs, kept across requests.
+
+        Rebuilt when Prometheus' samples are replaced (every refresh) or `max_age` changes; nodes changed since, or
+        whose cached level went stale, are recomputed one by one.
+        """
+        cache = self._levels
+        replaced = cache is not None and cache.polled is not polled and bool(cache.polled or polled)
+        if cache is None or replaced or cache.max_age != max_age:
+            cache = self._levels = _LevelCache(self, polled, max_age, now)
+            self._dirty.clear()
+        elif self._dirty:
+            for name in self._dirty:
+                cache.refresh(self, name, now)
+            self._dirty.clear()
+        cache.expire(self, now)
+        return cache
+
+
+LEVEL_COUNTS = 8
+"""Requests for up to this many GPUs read cached utilization levels; larger ones compute them per node."""
+
+
+class _LevelCache:
+    """name -> utilization level (5 % steps, 50 when unknown) of the k idlest whole GPUs, k = 1..LEVEL_COUNTS.
+
+    Only nodes `read_utilization` would answer by its fast path are cached; the rest (MIG `single`, partly stale
+    samples) are left out and computed per request. Each entry expires when a sample it rests on gets older than
+    `max_age` (a heap orders the expiries), and is then recomputed.
+    """
+
+    def __init__(self, index: GpuIndex, polled: Mapping[str, NodeUtilization], max_age: float, now: float) -> None:
+        self.polled, self.max_age = polled, max_age
+        self.levels: dict[str, tuple[float, ...]] = {}
+        self._expires: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        for name in index.states:
+            self.refresh(index, name, now)
+
+    def refresh(self, index: GpuIndex, name: str, now: float) -> None:
+        self.levels.pop(name, None)
+        self._expires.pop(name, None)
+        state = index.states.get(name)
+        if state is None or state.mig_single:
+            return
+        max_age, polled = self.max_age, self.polled.get(name)
+        source = polled if polled is not None and now - polled.newest <= max_age else state.reported
+        if source is not None and now - source.newest > max_age:
+            source = None
+        expires = _next_change(polled, state.reported, max_age, now)
+        if source is None:
+            self._keep(name, (NEUTRAL_PERCENT,) * LEVEL_COUNTS, expires)
+        elif source.whole and now - source.oldest <= max_age:
+            n = len(source.whole)
+            levels = tuple(source.whole_levels[min(k, n) - 1] for k in range(1, LEVEL_COUNTS + 1))
+            self._keep(name, levels, min(expires, source.oldest + max_age))
+
+    def _keep(self, name: str, levels: tuple[float, ...], expires: float) -> None:
+        self.levels[name] = levels
+        if expires != float("inf"):
+            self._expires[name] = expires
+            heapq.heappush(self._heap, (expires, name))
+
+    def expire(self, index: GpuIndex, now: float) -> None:
+        """Recompute the entries whose samples have gone stale by `now`."""
+        heap = self._heap
+        while heap and heap[0][0] < now:
+            expires, name = heapq.heappop(heap)
+            if self._expires.get(name) == expires:
+                self.refresh(index, name, now)
+
+
+def _next_change(polled: NodeUtilization | None, reported: NodeUtilization | None, max_age: float, now: float) -> float:
+    """When the choice between polled and reported samples next flips (one of them turning stale)."""
+    times = [u.newest + max_age for u in (polled, reported) if u is not None and u.newest + max_age >= now]
+    return min(times, default=float("inf"))
 
 
 def _discard_sorted(items: list[tuple[float, str]], item: tuple[float, str]) -> None:
@@ -198,7 +282,7 @@ def score_names(
     """The score of each name, in input order (0 for unknown nodes) — as `score_nodes` decides."""
     weights = scheduling.weights
     fast = (len(request.resources) == 1 and not request.product_terms and scheduling.fit == "binpack"
-            and weights.mig_fit > 0 and mig.profile_from_resource(request.resources[0][0]) is None)
+            and weights.mig_fit > 0)
     if not request.wants_gpu or not fast:
         return _scored_generally(request, names, index, utilization=utilization, scheduling=scheduling, now=now)
     resource, count = request.resources[0]
@@ -208,8 +292,8 @@ def score_names(
     band = band_width(weights)
     reach = MAX_SCORE // band
     scores: dict[str, int] = {}
-    for rank, (_, group) in enumerate(index.free_groups(resource, count, among)[: reach + 1]):
-        members, levels = _levels(request, group, index, utilization, scheduling.metrics_max_age, now, count=count)
+    for rank, members in enumerate(_classes(index, resource, count, among, reach)):
+        levels = _levels(request, members, index, utilization, scheduling.metrics_max_age, now, count=count)
         base, lo, hi = MAX_SCORE - band * rank, min(levels), max(levels)
         if hi > lo and band > 1:
             span, steps = hi - lo, band - 1  # the same arithmetic, in the same order, as scoring._sub_levels
@@ -220,33 +304,57 @@ def score_names(
     return [get(n, 0) for n in names]
 
 
-def _levels(
-    request: GpuRequest, group: set[str], index: GpuIndex, utilization: Mapping[str, NodeUtilization],
-    max_age: float, now: float, *, count: int,
-) -> tuple[list[str], list[float]]:
-    """The group's names and each one's utilization in 5 % steps (50 when unknown).
-
-    `utilization_source` and `read_utilization`'s common case (whole GPUs, every sample fresh) inlined: this loop runs
-    for every node within reach of a non-zero score.
-    """
-    members = list(group)
-    levels: list[float] = []
-    append = levels.append
-    get, states, single = utilization.get, index.states, index.single
-    for name in members:
-        polled = source = get(name)
-        if source is None or now - source.newest > max_age:
-            source = states[name].reported
-            if source is None or now - source.newest > max_age:
-                append(NEUTRAL_PERCENT)
-                continue
-        whole = source.whole
-        if whole and now - source.oldest <= max_age and name not in single:
-            append(source.whole_levels[(count if count < len(whole) else len(whole)) - 1])
+def _classes(index: GpuIndex, resource: str, count: int, among: set[str], reach: int) -> Iterator[list[str]]:
+    """The fit classes within reach, best first: by free devices left, then (MIG) by the slice's slots and block."""
+    profile = mig.profile_from_resource(resource)
+    found = 0
+    for _, group in index.free_groups(resource, count, among):
+        if profile is None:
+            yield list(group)
+            found += 1
         else:
-            percent = read_utilization(request, states[name], polled, now=now, max_age=max_age).percent
-            append(NEUTRAL_PERCENT if percent is None else PERCENT_STEP * round(percent / PERCENT_STEP))
-    return members, levels
+            for members in _by_slice(index, group, profile):
+                if found > reach:
+                    return
+                yield members
+                found += 1
+        if found > reach:
+            return
+
+
+def _by_slice(index: GpuIndex, group: set[str], profile: str) -> list[list[str]]:
+    """Nodes with as many free instances of the profile, split by `fit_key`'s tie-breakers (slots, then block)."""
+    keyed: dict[tuple[int, int], list[str]] = {}
+    states = index.states
+    for name in group:
+        choice = states[name].mig_binpack.get(profile)
+        key = (choice.slots_left, -choice.block_left) if choice else (0, 0)
+        keyed.setdefault(key, []).append(name)
+    return [keyed[key] for key in sorted(keyed)]
+
+
+def _levels(
+    request: GpuRequest, members: list[str], index: GpuIndex, utilization: Mapping[str, NodeUtilization],
+    max_age: float, now: float, *, count: int,
+) -> list[float]:
+    """Each member's utilization in 5 % steps (50 when unknown), from the level cache where it can answer."""
+    if mig.profile_from_resource(request.resources[0][0]) is None and count <= LEVEL_COUNTS:
+        cached = index.whole_levels(utilization, max_age, now).levels.get
+        k = count - 1
+        rows = [cached(name) for name in members]
+        if all(row is not None for row in rows):
+            return [row[k] for row in rows if row is not None]
+        return [row[k] if row is not None else _level(request, index, utilization, name, max_age, now)
+                for name, row in zip(members, rows)]
+    return [_level(request, index, utilization, name, max_age, now) for name in members]
+
+
+def _level(
+    request: GpuRequest, index: GpuIndex, utilization: Mapping[str, NodeUtilization], name: str, max_age: float,
+    now: float,
+) -> float:
+    percent = read_utilization(request, index.states[name], utilization.get(name), now=now, max_age=max_age).percent
+    return NEUTRAL_PERCENT if percent is None else PERCENT_STEP * round(percent / PERCENT_STEP)
 
 
 def _scored_generally(

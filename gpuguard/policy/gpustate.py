@@ -20,10 +20,9 @@ requests and its GPU-product node selector; everything node-side arrives as plai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
-from typing import Any
 
 from gpuguard.policy import mig
 from gpuguard.policy.podspec import (
@@ -374,6 +373,8 @@ class NodeGpuState:
     """Per profile: the free instance packing would take (fewest free slots left on its GPU, then largest block)."""
     mig_spread: Mapping[str, MigChoice] = field(init=False)
     """Per profile: the free instance spreading would take (most free slots left, then largest block)."""
+    mig_free_uuids: Mapping[str, tuple[str, ...]] = field(init=False)
+    """Per profile: UUIDs of the GPUs with a free instance of it (where a MIG pod could land)."""
 
     def __post_init__(self) -> None:
         held = self.held if self.held is not None else _derive_held(self)
@@ -382,22 +383,23 @@ class NodeGpuState:
         binpack, spread = _mig_choices(self.mig_gpus, held)
         object.__setattr__(self, "mig_binpack", binpack)
         object.__setattr__(self, "mig_spread", spread)
+        object.__setattr__(self, "mig_free_uuids", _free_uuids(self.mig_gpus, held))
 
     def free_of(self, resource: str) -> int:
         return self.free.get(resource, 0)
 
-    def held_mask(self, gpu: int) -> int:
-        assert self.held is not None
-        return sum(s.mask for s, h in zip(self.mig_gpus[gpu].slices, self.held[gpu]) if h)
-
     def mig_uuids_with_free(self, profile: str) -> tuple[str, ...]:
         """UUIDs of the GPUs that have a free instance of the profile (those a MIG pod could land on)."""
-        assert self.held is not None
-        return tuple(
-            gpu.uuid
-            for gpu, held in zip(self.mig_gpus, self.held)
-            if gpu.uuid and any(s.profile == profile and not h for s, h in zip(gpu.slices, held))
-        )
+        return self.mig_free_uuids.get(profile, ())
+
+
+def _free_uuids(gpus: tuple[MigGpu, ...], held: tuple[tuple[bool, ...], ...]) -> dict[str, tuple[str, ...]]:
+    found: dict[str, list[str]] = {}
+    for gpu, flags in zip(gpus, held):
+        for profile in dict.fromkeys(s.profile for s, h in zip(gpu.slices, flags) if not h):
+            if gpu.uuid:
+                found.setdefault(profile, []).append(gpu.uuid)
+    return {profile: tuple(uuids) for profile, uuids in found.items()}
 
 
 def _free_counts(state: NodeGpuState, held: tuple[tuple[bool, ...], ...]) -> dict[str, int]:
@@ -433,7 +435,8 @@ def _derive_held(state: NodeGpuState) -> tuple[tuple[bool, ...], ...]:
     return tuple(tuple(h) for h in held)
 
 
-def _size_first(gpus: tuple[MigGpu, ...]) -> Any:
+def _size_first(gpus: tuple[MigGpu, ...]) -> Callable[[str], tuple[int, str]]:
+    """Sort key: larger profiles first (they have the fewest places to go), then by name."""
     sizes = {s.profile: s.size for g in gpus for s in g.slices}
     return lambda profile: (-sizes[profile], profile)
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gpuguard.contracts.node_inventory import ANNOTATION, InvalidInventory, NodeInventory, parse_inventory
+from gpuguard.contracts.node_inventory import (
+    ANNOTATION,
+    GpuInventory,
+    InvalidInventory,
+    NodeInventory,
+    parse_inventory,
+)
 from gpuguard.policy import mig
 from gpuguard.policy.gpustate import (
     PRODUCT_LABEL,
@@ -97,7 +103,7 @@ def _mig_gpus(
     return synthesize_layout(model, counts, gpus=max(gpus, 1))
 
 
-def _reported_mig_gpu(gpu: Any) -> MigGpu:
+def _reported_mig_gpu(gpu: GpuInventory) -> MigGpu:
     model = mig.model_for_product(gpu.product)
     slices = tuple(MigSlice(d.profile, d.start, d.size, d.busy) for d in gpu.mig.devices)
     return MigGpu(gpu.index, gpu.uuid, model.name if model else "", tuple(sorted(slices, key=lambda s: s.start)))
@@ -108,6 +114,8 @@ def _reported(inventory: NodeInventory | None) -> NodeUtilization | None:
         return None
     at = inventory.ts.timestamp()
     samples = tuple(
-        GpuSample(g.uuid, g.util_percent, at) for g in inventory.gpus if g.util_percent is not None and not g.mig.enabled
+        GpuSample(g.uuid, g.util_percent, at)
+        for g in inventory.gpus
+        if g.util_percent is not None and not g.mig.enabled
     )
     return NodeUtilization(samples) if samples else None

@@ -133,3 +133,23 @@ def test_the_index_stays_consistent_through_binds_and_releases(cluster: Any, mov
         agree(request, fresh, polled, policy_with().scheduling, [s.name for s in fresh])
     index.remove(fresh[0].name)
     assert index.get(fresh[0].name) is None and len(index) == len(fresh) - 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(clusters(), clusters(), st.lists(st.sampled_from([0.0, 1.0, 30.0, 90.0, 116.0, 200.0, 4000.0]), min_size=2,
+                                        max_size=8), st.integers(0, 8))
+def test_cached_utilization_levels_follow_time_and_new_samples(
+    first: Any, second: Any, steps: list[float], switch: int
+) -> None:
+    states, polled = first
+    _, replacement = second
+    index = GpuIndex(states)
+    names = [s.name for s in states]
+    scheduling = policy_with().scheduling
+    for i, step in enumerate(sorted(steps)):
+        now = NOW + step  # samples age between requests while the same board stays in place
+        board = replacement if i >= switch else polled  # until Prometheus replaces its samples
+        for count in (1, 3, 8, 12):
+            request = GpuRequest((("nvidia.com/gpu", count),))
+            plain = score_nodes(request, states, utilization=board, scheduling=scheduling, now=now)
+            assert score_names(request, names, index, utilization=board, scheduling=scheduling, now=now) == plain

@@ -141,9 +141,7 @@ async def test_the_poller_reads_dcgm_series_through_a_real_prometheus(prometheus
     assert found[0] > found[1]  # the busy node loses
 
 
-def test_the_extender_process_filters_out_a_node_prometheus_reports_saturated(
-    prometheus_url: str, tmp_path: Path
-) -> None:
+def test_the_extender_process_filters_out_a_node_prometheus_reports_saturated(prometheus_url: str) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(

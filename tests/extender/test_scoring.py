@@ -246,7 +246,8 @@ node_states = st.builds(
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(node_states, min_size=1, max_size=25, unique_by=lambda n: n[0].name), st.sampled_from([1, 2, 4, 8]),
-       st.sampled_from([(1.0, 1.0), (1.0, 0.0), (0.0, 1.0), (1.0, 3.0), (3.0, 0.5)]), st.sampled_from(["binpack", "spread"]))
+       st.sampled_from([(1.0, 1.0), (1.0, 0.0), (0.0, 1.0), (1.0, 3.0), (3.0, 0.5)]),
+       st.sampled_from(["binpack", "spread"]))
 def test_scores_are_integers_0_to_10_and_a_better_fit_never_scores_lower(
     nodes: list[tuple[NodeGpuState, float | None]], count: int, weights: tuple[float, float], fit: str
 ) -> None:

@@ -1,4 +1,4 @@
-"""The extender over HTTP: kube-scheduler's payloads in both casings and both modes, errors in the protocol's channel."""
+"""The extender over HTTP: kube-scheduler's payloads in both casings and modes, errors in the protocol's channel."""
 
 from __future__ import annotations
 
@@ -112,7 +112,8 @@ async def test_full_node_mode_returns_the_original_node_objects(
     client = await make_client()
     status, reply = await post(client, "/filter", payload(name))
     assert status == 200 and reply["NodeNames"] is None and reply["Error"] == ""
-    sent = {n["metadata"]["name"]: n for n in json.loads(payload(name))[("Nodes" if name == "nodes" else "nodes")]["items"]}
+    body = json.loads(payload(name))
+    sent = {n["metadata"]["name"]: n for n in body["Nodes" if name == "nodes" else "nodes"]["items"]}
     assert [n["metadata"]["name"] for n in reply["Nodes"]["items"]] == kept
     assert reply["Nodes"]["items"] == [sent[k] for k in kept]
 
@@ -120,7 +121,8 @@ async def test_full_node_mode_returns_the_original_node_objects(
 async def test_both_modes_agree(make_client: ClientFactory) -> None:
     client = await make_client()
     for names, nodes in (("names", "nodes"), ("names-lowercase", "nodes-lowercase")):
-        assert (await post(client, "/prioritize", payload(names))) == (await post(client, "/prioritize", payload(nodes)))
+        by_names = await post(client, "/prioritize", payload(names))
+        assert by_names == await post(client, "/prioritize", payload(nodes))
 
 
 async def test_full_node_mode_works_without_any_node_source(make_client: ClientFactory) -> None:
