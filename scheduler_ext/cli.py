@@ -106,7 +106,7 @@ def _after_refresh(
     """Count the refresh; after a good one, rebuild the cached utilization levels now rather than in a request."""
     metrics.utilization_refreshes.labels(result).inc()
     if result == "success":
-        store.index.whole_levels(board.nodes, policy.policy.scheduling.metrics_max_age, time.time())
+        store.index.utilization_levels(board.nodes, policy.policy.scheduling.metrics_max_age, time.time())
 
 
 def _background(

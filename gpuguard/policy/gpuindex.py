@@ -137,8 +137,8 @@ class GpuIndex:
         return cached[2], cached[3]
 
 
-    def whole_levels(self, polled: Mapping[str, NodeUtilization], max_age: float, now: float) -> _LevelCache:
-        """Each node's whole-GPU utilization level for 1..LEVEL_COUNTS requested GPUs, kept across requests.
+    def utilization_levels(self, polled: Mapping[str, NodeUtilization], max_age: float, now: float) -> _LevelCache:
+        """Each node's utilization level for whole-GPU (1..LEVEL_COUNTS) and MIG requests, kept across requests.
 
         Rebuilt when Prometheus' samples are replaced (every refresh) or `max_age` changes; nodes changed since, or
         whose cached level went stale, are recomputed one by one.
@@ -171,6 +171,8 @@ class _LevelCache:
     def __init__(self, index: GpuIndex, polled: Mapping[str, NodeUtilization], max_age: float, now: float) -> None:
         self.polled, self.max_age = polled, max_age
         self.levels: dict[str, tuple[float, ...]] = {}
+        self.mig: dict[str, dict[tuple[str, int], float]] = {}
+        """name -> (profile, count) -> level, filled on first use (MIG requests name few nodes and profiles)."""
         self._expires: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
         for name in index.states:
@@ -178,6 +180,7 @@ class _LevelCache:
 
     def refresh(self, index: GpuIndex, name: str, now: float) -> None:
         self.levels.pop(name, None)
+        self.mig.pop(name, None)
         self._expires.pop(name, None)
         state = index.states.get(name)
         if state is None or state.mig_single:
@@ -196,9 +199,28 @@ class _LevelCache:
 
     def _keep(self, name: str, levels: tuple[float, ...], expires: float) -> None:
         self.levels[name] = levels
-        if expires != float("inf"):
+        self._expire_at(name, expires)
+
+    def _expire_at(self, name: str, expires: float) -> None:
+        if expires < self._expires.get(name, float("inf")):
             self._expires[name] = expires
             heapq.heappush(self._heap, (expires, name))
+
+    def mig_level(self, index: GpuIndex, request: GpuRequest, name: str, profile: str, count: int, now: float) -> float:
+        """The level `read_utilization` gives a MIG request on this node, computed once until the node or a sample
+        it could rest on changes."""
+        cached = self.mig.get(name)
+        level = cached.get((profile, count)) if cached is not None else None
+        if level is None:
+            level = _level(request, index, self.polled, name, self.max_age, now)
+            self.mig.setdefault(name, {})[(profile, count)] = level
+            state, polled = index.states[name], self.polled.get(name)
+            expires = _next_change(polled, state.reported, self.max_age, now)
+            for source in (polled, state.reported):
+                if source is not None and now - source.oldest <= self.max_age:
+                    expires = min(expires, source.oldest + self.max_age)
+            self._expire_at(name, expires)
+        return level
 
     def expire(self, index: GpuIndex, now: float) -> None:
         """Recompute the entries whose samples have gone stale by `now`."""
@@ -338,8 +360,12 @@ def _levels(
     max_age: float, now: float, *, count: int,
 ) -> list[float]:
     """Each member's utilization in 5 % steps (50 when unknown), from the level cache where it can answer."""
-    if mig.profile_from_resource(request.resources[0][0]) is None and count <= LEVEL_COUNTS:
-        cached = index.whole_levels(utilization, max_age, now).levels.get
+    profile = mig.profile_from_resource(request.resources[0][0])
+    if profile is not None:
+        cache = index.utilization_levels(utilization, max_age, now)
+        return [cache.mig_level(index, request, name, profile, count, now) for name in members]
+    if count <= LEVEL_COUNTS:
+        cached = index.utilization_levels(utilization, max_age, now).levels.get
         k = count - 1
         rows = [cached(name) for name in members]
         if all(row is not None for row in rows):

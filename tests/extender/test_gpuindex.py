@@ -149,7 +149,7 @@ def test_cached_utilization_levels_follow_time_and_new_samples(
     for i, step in enumerate(sorted(steps)):
         now = NOW + step  # samples age between requests while the same board stays in place
         board = replacement if i >= switch else polled  # until Prometheus replaces its samples
-        for count in (1, 3, 8, 12):
-            request = GpuRequest((("nvidia.com/gpu", count),))
+        requests = [GpuRequest((("nvidia.com/gpu", count),)) for count in (1, 3, 8, 12)]
+        for request in [*requests, GpuRequest((("nvidia.com/mig-1g.10gb", 1),))]:
             plain = score_nodes(request, states, utilization=board, scheduling=scheduling, now=now)
             assert score_names(request, names, index, utilization=board, scheduling=scheduling, now=now) == plain
