@@ -110,6 +110,9 @@ class GpuIndex:
     def not_product(self, product: str, among: set[str]) -> set[str]:
         return among - self._product.get(product, set())
 
+    def with_product(self, product: str, among: set[str]) -> set[str]:
+        return among & self._product.get(product, set())
+
     def free_groups(self, resource: str, count: int, among: set[str]) -> list[tuple[int, set[str]]]:
         """(free devices, names) for the names of `among` with at least `count` free, fewest free first."""
         groups = []
@@ -310,7 +313,7 @@ def score_names(
     resource, count = request.resources[0]
     among = set(names).intersection(index.states)
     if request.product is not None:
-        among -= index.not_product(request.product, among)
+        among = index.with_product(request.product, among)
     band = band_width(weights)
     reach = MAX_SCORE // band
     scores: dict[str, int] = {}
