@@ -16,6 +16,7 @@ from gpuguard.certs_cli import add_certs_parser
 from gpuguard.cli_support import add_log_level_argument, setup_logging
 from gpuguard.policy_cli import add_policy_parser
 from node_agent.cli import add_agent_parser
+from scheduler_ext.cli import add_extender_parser
 from webhook.cli import add_offline_parsers, add_webhook_parser
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_webhook_parser(commands)
     add_offline_parsers(commands)
+    add_extender_parser(commands)
     add_policy_parser(commands)
     add_certs_parser(commands)
     add_agent_parser(commands)

@@ -1,0 +1,70 @@
+"""`gpuguard extender` and `python -m scheduler_ext`: the kube-scheduler extender's command line.
+
+The server is imported when the command runs (`scheduler_ext.run`), not when it is registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from gpuguard.cli_support import add_listen_arguments, add_policy_argument, env_default
+from scheduler_ext.settings import DEFAULT_PORT, ExtenderSettings, GcSettings
+
+HELP = "run the kube-scheduler extender (filter + prioritize, HTTP)"
+
+
+def add_extender_parser(commands: Any) -> None:
+    add_extender_arguments(commands.add_parser("extender", help=HELP))
+
+
+def add_extender_arguments(parser: argparse.ArgumentParser) -> None:
+    add_listen_arguments(parser, port=DEFAULT_PORT)
+    add_policy_argument(parser)
+    parser.add_argument(
+        "--prometheus-url", default=env_default("PROMETHEUS_URL"),
+        help="Prometheus base URL for DCGM utilization (default: the node agent's annotation only)",
+    )
+    parser.add_argument(
+        "--prometheus-interval", type=float, default=float(env_default("PROMETHEUS_INTERVAL", "15") or 15),
+        metavar="SECONDS", help="seconds between utilization refreshes (default 15)",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--cluster-state", type=Path, metavar="FILE", default=env_default("CLUSTER_STATE"),
+        help="YAML/JSON list of Node and Pod objects standing in for the API server (re-read when it changes)",
+    )
+    source.add_argument("--kubeconfig", type=Path, default=env_default("KUBECONFIG_FILE"),
+                        help="watch Nodes and Pods with this kubeconfig")
+    source.add_argument("--in-cluster", action="store_true", help="watch Nodes and Pods with the service account")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="serve /metrics on this separate plain-HTTP port instead of the main port (0: no /metrics)",
+    )
+    parser.add_argument(
+        "--gc", choices=["tuned", "default"], default=env_default("GC", "tuned"),
+        help="tuned (default): raised GC thresholds and a frozen state; default: Python's own (for comparison)",
+    )
+    parser.set_defaults(func=run_extender)
+
+
+def settings_from_args(args: argparse.Namespace) -> ExtenderSettings:
+    return ExtenderSettings(
+        host=args.host,
+        port=args.port,
+        policy_path=args.policy,
+        prometheus_url=args.prometheus_url,
+        prometheus_interval=args.prometheus_interval,
+        cluster_state=args.cluster_state,
+        kubeconfig=args.kubeconfig,
+        in_cluster=args.in_cluster,
+        metrics_port=args.metrics_port,
+        gc=GcSettings(mode=args.gc),
+    )
+
+
+def run_extender(args: argparse.Namespace) -> int:
+    from scheduler_ext.run import run_extender as run
+
+    return run(settings_from_args(args))

@@ -1,0 +1,124 @@
+"""The extender's decisions, in protocol terms: ExtenderArgs plus node GPU states in, filter result or scores out.
+
+Pure: node states come from the caller (the cache's `GpuIndex` for NodeNames, states built from the request for full
+Nodes), `now` is passed in, and nothing is logged or reserved. The math lives in `gpuguard.policy.scoring` (and its
+indexed twin `gpuguard.policy.gpuindex`, for thousands of names); this module maps it onto the wire: kept nodes in
+request order (`NodeNames` or the original `Nodes`), refusals split into `FailedNodes` (preemption or time may help)
+and `FailedAndUnresolvableNodes` (wrong product, no such resource), nodes the cache does not know refused with a
+reason that says so, and a score for every requested host (0 for unknown ones).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gpuguard.contracts.extender import ExtenderArgs, ExtenderFilterResult
+from gpuguard.policy.gpuindex import GpuIndex, filter_names, score_names
+from gpuguard.policy.gpustate import GpuRequest, NodeGpuState, NodeUtilization, gpu_request
+from gpuguard.policy.model import Scheduling
+from gpuguard.policy.scoring import Refusal, filter_nodes, score_nodes
+
+UNKNOWN_NODE = "not in gpuguard's node cache yet (just added, or the cache is still syncing); retried next cycle"
+
+
+@dataclass(frozen=True, slots=True)
+class FilterOutcome:
+    result: ExtenderFilterResult
+    denials: Counter[str]
+    """Refused nodes by cause (product, no-resource, insufficient, utilization, unknown-node)."""
+
+
+def decide_filter(
+    args: ExtenderArgs,
+    states: Sequence[NodeGpuState | None],
+    *,
+    utilization: Mapping[str, NodeUtilization],
+    scheduling: Scheduling,
+    now: float,
+) -> FilterOutcome:
+    """Filter over states resolved by the caller (None: unknown node), for full-Node requests."""
+    request = gpu_request(args.pod)
+    if request.problem:
+        return _cannot_judge(request)
+    names = args.candidate_names
+    known = [s for s in states if s is not None]
+    passed, refusals = filter_nodes(request, known, utilization=utilization, scheduling=scheduling, now=now)
+    unknown = [name for name, s in zip(names, states) if s is None]
+    everything = len(passed) == len(names)
+    kept = set() if everything else {s.name for s in passed}
+    if args.nodes is not None:
+        nodes = args.nodes if everything else args.nodes.subset(i for i, n in enumerate(names) if n in kept)
+        return _outcome(ExtenderFilterResult(nodes=nodes), refusals, unknown)
+    kept_names = list(names) if everything else [n for n in names if n in kept]
+    return _outcome(ExtenderFilterResult(node_names=kept_names), refusals, unknown)
+
+
+def decide_filter_names(
+    args: ExtenderArgs,
+    index: GpuIndex,
+    *,
+    utilization: Mapping[str, NodeUtilization],
+    scheduling: Scheduling,
+    now: float,
+) -> FilterOutcome:
+    """Filter for NodeNames requests, answered from the cache's index."""
+    request = gpu_request(args.pod)
+    if request.problem:
+        return _cannot_judge(request)
+    kept, refusals, unknown = filter_names(
+        request, args.node_names or [], index, utilization=utilization, scheduling=scheduling, now=now
+    )
+    return _outcome(ExtenderFilterResult(node_names=kept), refusals, unknown)
+
+
+def _cannot_judge(request: GpuRequest) -> FilterOutcome:
+    return FilterOutcome(ExtenderFilterResult(error=f"gpuguard cannot judge this pod: {request.problem}"), Counter())
+
+
+def _outcome(result: ExtenderFilterResult, refusals: Sequence[Refusal], unknown: Sequence[str]) -> FilterOutcome:
+    failed = {name: UNKNOWN_NODE for name in unknown}
+    denials: Counter[str] = Counter({"unknown-node": len(failed)} if failed else {})
+    unresolvable: dict[str, str] = {}
+    for refusal in refusals:
+        (failed if refusal.resolvable else unresolvable)[refusal.node] = refusal.reason
+        denials[refusal.cause] += 1
+    result = result.model_copy(update={"failed_nodes": failed, "failed_and_unresolvable_nodes": unresolvable})
+    return FilterOutcome(result, denials)
+
+
+def decide_priorities(
+    args: ExtenderArgs,
+    states: Sequence[NodeGpuState | None],
+    *,
+    utilization: Mapping[str, NodeUtilization],
+    scheduling: Scheduling,
+    now: float,
+) -> tuple[list[str], list[int]]:
+    """(hosts, scores) in request order; unknown nodes and pods without GPU requests score 0."""
+    names = args.candidate_names
+    request = gpu_request(args.pod)
+    positions = [i for i, s in enumerate(states) if s is not None]
+    known = [s for s in states if s is not None]
+    scored = score_nodes(request, known, utilization=utilization, scheduling=scheduling, now=now)
+    if len(known) == len(names):
+        return names, scored
+    scores = [0] * len(names)
+    for i, score in zip(positions, scored):
+        scores[i] = score
+    return names, scores
+
+
+def decide_priorities_names(
+    args: ExtenderArgs,
+    index: GpuIndex,
+    *,
+    utilization: Mapping[str, NodeUtilization],
+    scheduling: Scheduling,
+    now: float,
+) -> tuple[list[str], list[int]]:
+    """Prioritize for NodeNames requests, answered from the cache's index (unknown nodes score 0)."""
+    names = args.node_names or []
+    request = gpu_request(args.pod)
+    return names, score_names(request, names, index, utilization=utilization, scheduling=scheduling, now=now)

@@ -1,0 +1,183 @@
+"""Node GPU state from Kubernetes objects: allocatable, GFD labels, the agent's annotation, and the bound pods."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from gpuguard.policy.gpustate import gpu_request
+from gpuguard.policy.scoring import filter_nodes
+from scheduler_ext.inventory.nodes import node_facts
+from scheduler_ext.inventory.pods import pod_usage
+from scheduler_ext.inventory.store import InventoryStore
+from tests.extender.conftest import INVENTORY_TIME, cluster_items, cluster_node, cluster_pods, policy_with
+
+MIG_1G, MIG_2G, MIG_3G = "nvidia.com/mig-1g.10gb", "nvidia.com/mig-2g.20gb", "nvidia.com/mig-3g.40gb"
+
+
+def loaded_store(**kwargs: Any) -> InventoryStore:
+    store = InventoryStore(**kwargs)
+    store.replace_nodes(i for i in cluster_items() if i["kind"] == "Node")
+    store.replace_pods(cluster_pods())
+    return store
+
+
+def test_allocatable_gpu_resources_and_gfd_labels_are_read() -> None:
+    facts = node_facts(cluster_node("gpu-h100-mig-a"))
+    state = facts.state
+    assert facts.version == "90211" and facts.problem == ""
+    assert state.product == "NVIDIA-H100-80GB-HBM3"
+    assert state.allocatable == {MIG_1G: 8, MIG_2G: 1, MIG_3G: 1}  # cpu, memory, pods are not GPU resources
+    assert state.physical_gpus == 2 and not state.mig_single
+
+
+def test_mig_placements_come_from_the_agent_annotation() -> None:
+    state = node_facts(cluster_node("gpu-h100-mig-a")).state
+    layout = [[(s.profile, s.start, s.size, s.busy) for s in g.slices] for g in state.mig_gpus]
+    assert layout[0] == [("3g.40gb", 0, 4, True), ("2g.20gb", 4, 2, False), ("1g.10gb", 6, 1, False)]
+    assert layout[1][0] == ("1g.10gb", 0, 1, True) and len(layout[1]) == 7
+    assert {g.model for g in state.mig_gpus} == {"H100-80GB"}
+    assert all(g.uuid.startswith("GPU-") for g in state.mig_gpus)
+
+
+def test_without_an_annotation_placements_are_synthesized_from_allocatable() -> None:
+    state = node_facts(cluster_node("gpu-h100-mig-b")).state
+    assert [[(s.profile, s.start) for s in g.slices] for g in state.mig_gpus] == [[("1g.10gb", s) for s in range(7)]]
+    assert state.reported is None
+
+
+def test_whole_gpu_uuids_and_reported_utilization_come_from_the_annotation() -> None:
+    state = node_facts(cluster_node("gpu-a100-0")).state
+    assert len(state.whole_gpus) == 8
+    assert state.reported is not None
+    assert state.reported.whole == (0.0, 0.0, 5.0, 10.0, 85.0, 90.0, 90.0, 95.0)
+    assert state.reported.newest == INVENTORY_TIME
+
+
+def test_time_sliced_nodes_count_replicas() -> None:
+    state = node_facts(cluster_node("gpu-t4-shared")).state
+    assert state.allocatable == {"nvidia.com/gpu": 4} and state.product == "Tesla-T4"
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    ['{"v": 2, "ts": "2026-03-02T10:00:00Z", "gpus": []}', "not json", '{"v": 1, "ts": "x", "gpus": []}'],
+)
+def test_a_bad_annotation_is_a_reported_problem_and_allocatable_still_counts(annotation: str) -> None:
+    node = cluster_node("gpu-h100-mig-a")
+    node["metadata"]["annotations"]["gpuguard.io/gpu-inventory"] = annotation
+    facts = node_facts(node)
+    assert "gpuguard.io/gpu-inventory" in facts.problem
+    assert facts.state.allocatable[MIG_1G] == 8
+    synthesized = [[(s.profile, s.start) for s in g.slices] for g in facts.state.mig_gpus]  # on the 2 GPUs GFD counts
+    assert synthesized == [[("3g.40gb", 0), ("2g.20gb", 4), ("1g.10gb", 6)], [("1g.10gb", s) for s in range(7)]]
+
+
+def test_mig_single_strategy_is_recognised() -> None:
+    node = cluster_node("gpu-h100-mig-b")
+    node["metadata"]["labels"].update({"nvidia.com/mig.strategy": "single",
+                                       "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb"})
+    node["status"]["allocatable"] = {"nvidia.com/gpu": "7"}
+    state = node_facts(node).state
+    assert state.mig_single and state.allocatable == {"nvidia.com/gpu": 7} and state.mig_gpus == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "held"),
+    [
+        ("llama-a-predictor-5f6d7c8b9a-x7k2p", (("nvidia.com/gpu", 2),)),
+        ("batch-eval-predictor-5f6d7c8b9a-done1", None),  # Succeeded: its GPUs are free again
+        ("pending-predictor-5f6d7c8b9a-zzzzz", None),  # not bound yet
+    ],
+)
+def test_only_bound_running_pods_hold_gpus(name: str, held: tuple[tuple[str, int], ...] | None) -> None:
+    pod = next(p for p in cluster_pods() if p["metadata"]["name"] == name)
+    usage = pod_usage(pod)
+    assert (usage.resources if usage else None) == held
+
+
+def test_pods_bound_to_a_node_reduce_its_free_gpus() -> None:
+    store = loaded_store()
+    a100 = store.state("gpu-a100-0")
+    assert a100 is not None and a100.free_of("nvidia.com/gpu") == 4
+    idle = store.state("gpu-a100-1")
+    assert idle is not None and idle.free_of("nvidia.com/gpu") == 8
+    mig = store.state("gpu-h100-mig-a")
+    assert mig is not None
+    assert (mig.free_of(MIG_1G), mig.free_of(MIG_2G), mig.free_of(MIG_3G)) == (7, 1, 0)
+    assert store.ready and store.node_count == 6 and store.pod_count == 4
+
+
+def test_pod_events_update_only_what_changed() -> None:
+    store = loaded_store()
+    pod = next(p for p in cluster_pods() if p["metadata"]["name"] == "pending-predictor-5f6d7c8b9a-zzzzz")
+    before = store.state("gpu-a100-1")
+    bound = copy.deepcopy(pod)
+    bound["spec"]["nodeName"], bound["status"]["phase"] = "gpu-a100-1", "Running"
+    store.upsert_pod(bound)
+    after = store.state("gpu-a100-1")
+    assert after is not None and after.free_of("nvidia.com/gpu") == 7 and after is not before
+    untouched = store.state("gpu-a100-0")
+    store.upsert_pod(bound)  # the same pod again changes nothing
+    assert store.state("gpu-a100-0") is untouched and store.state("gpu-a100-1") is after
+    finished = copy.deepcopy(bound)
+    finished["status"]["phase"] = "Failed"
+    store.upsert_pod(finished)
+    assert store.state("gpu-a100-1").free_of("nvidia.com/gpu") == 8  # type: ignore[union-attr]
+
+
+def test_a_deleted_pod_frees_its_gpus_at_once() -> None:
+    store = loaded_store()
+    pod = next(p for p in cluster_pods() if p["metadata"]["name"] == "llama-a-predictor-5f6d7c8b9a-x7k2p")
+    store.delete_pod(pod)
+    assert store.state("gpu-a100-0").free_of("nvidia.com/gpu") == 6  # type: ignore[union-attr]
+
+
+def test_node_events_replace_and_remove_nodes() -> None:
+    store = loaded_store()
+    node = cluster_node("gpu-a100-1")
+    node["metadata"]["resourceVersion"] = "99999"
+    node["status"]["allocatable"]["nvidia.com/gpu"] = "4"  # two GPUs went bad
+    store.upsert_node(node)
+    assert store.state("gpu-a100-1").allocatable == {"nvidia.com/gpu": 4}  # type: ignore[union-attr]
+    store.delete_node(node)
+    assert store.state("gpu-a100-1") is None
+    assert store.states_for_names(["gpu-a100-1", "gpu-a100-0"])[0] is None
+
+
+def test_full_node_requests_reuse_states_whose_resource_version_did_not_change() -> None:
+    store = loaded_store()
+    nodes = [i for i in cluster_items() if i["kind"] == "Node"]
+    first = store.states_for_objects(nodes)
+    again = store.states_for_objects(json.loads(json.dumps(nodes)))
+    assert all(a is b for a, b in zip(first, again))
+    changed = json.loads(json.dumps(nodes))
+    changed[2]["metadata"]["resourceVersion"] = "1"
+    third = store.states_for_objects(changed)
+    assert third[2] is not first[2] and third[3] is first[3]
+    assert [s.free_of("nvidia.com/gpu") for s in first[2:4]] == [4, 8]  # pods from the store apply
+
+
+def test_full_node_requests_without_a_pod_source_use_the_agents_busy_flags() -> None:
+    store = InventoryStore(pods_known=False)
+    states = store.states_for_objects([cluster_node("gpu-h100-mig-a"), cluster_node("gpu-a100-0")])
+    assert states[0].used is None
+    assert states[0].free_of(MIG_1G) == 7 and states[0].free_of(MIG_3G) == 0
+    assert states[1].free_of("nvidia.com/gpu") == 8  # whole GPUs: kube-scheduler's own fit already checked
+
+
+def test_filtering_reserves_nothing() -> None:
+    store = loaded_store()
+    states = store.states_for_names(["gpu-a100-0", "gpu-a100-1"])
+    known = [s for s in states if s is not None]
+    request = gpu_request(json.loads(json.dumps(cluster_pods()[0])))
+    generation = store.generation
+    for _ in range(3):
+        passed, _ = filter_nodes(request, known, utilization={}, scheduling=policy_with().scheduling,
+                                 now=INVENTORY_TIME)
+        assert [s.name for s in passed] == ["gpu-a100-0", "gpu-a100-1"]
+    assert store.generation == generation
+    assert store.state("gpu-a100-0").free_of("nvidia.com/gpu") == 4  # type: ignore[union-attr]
