@@ -39,6 +39,10 @@ def add_extender_arguments(parser: argparse.ArgumentParser) -> None:
                         help="watch Nodes and Pods with this kubeconfig")
     source.add_argument("--in-cluster", action="store_true", help="watch Nodes and Pods with the service account")
     parser.add_argument(
+        "--state-interval", type=float, default=float(env_default("STATE_INTERVAL", "1") or 1), metavar="SECONDS",
+        help="seconds between checks of --cluster-state for changes (default 1)",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, default=None,
         help="serve /metrics on this separate plain-HTTP port instead of the main port (0: no /metrics)",
     )
@@ -60,6 +64,7 @@ def settings_from_args(args: argparse.Namespace) -> ExtenderSettings:
         kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster,
         metrics_port=args.metrics_port,
+        state_interval=args.state_interval,
         gc=GcSettings(mode=args.gc),
     )
 

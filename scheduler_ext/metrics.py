@@ -51,6 +51,11 @@ class ExtenderMetrics:
             ["result"],
             registry=registry,
         )
+        self.state_loads = Counter(
+            "gpuguard_extender_state_loads",
+            "Full loads of the node and pod state (the cluster-state file re-read, or a watch re-listed)",
+            registry=registry,
+        )
         for verb in VERBS:
             for outcome in OUTCOMES:
                 self.requests.labels(verb, outcome)

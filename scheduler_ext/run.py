@@ -68,14 +68,19 @@ def _background(
 ) -> Sequence[CleanupContext]:
     contexts: list[CleanupContext] = []
     freeze = freeze_state(settings.gc)
+
+    def loaded() -> None:
+        freeze()
+        metrics.state_loads.inc()
+
     if settings.cluster_state is not None:
         if not settings.cluster_state.exists():
             raise OSError(f"--cluster-state {settings.cluster_state} does not exist")
-        file_source = ClusterStateSource(settings.cluster_state, store, on_loaded=freeze)
+        file_source = ClusterStateSource(settings.cluster_state, store, on_loaded=loaded)
         contexts.append(lambda _: file_source.running(settings.state_interval))
     elif settings.watches_cluster:
         api = api_client(kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster)
-        watch_source = WatchSource(lambda handler: ClusterWatch(api, handler), store, on_loaded=freeze)
+        watch_source = WatchSource(lambda handler: ClusterWatch(api, handler), store, on_loaded=loaded)
         contexts.append(lambda _: watch_source.running())
     if settings.prometheus_url:
         poller = PrometheusPoller(

@@ -28,7 +28,7 @@ PODS: tuple[DemoPod, ...] = (
     DemoPod("triton-resnet50", "models", "Triton, no GPU settings",
             "nvcr.io/nvidia/tritonserver:24.08-py3",
             args=("tritonserver", "--model-store=/mnt/models", "--http-port=8080", "--grpc-port=9000")),
-    DemoPod("llama3-8b", "llm-prod", "vLLM in an llm-* namespace",
+    DemoPod("llama3-8b", "llm-prod", "vLLM, llm-* namespace",
             "vllm/vllm-openai:v0.6.3", command=("python3", "-m", "vllm.entrypoints.openai.api_server"),
             args=("--model=/mnt/models", "--port=8080")),
     DemoPod("sklearn-iris", "models", "scikit-learn, small",
