@@ -1,0 +1,132 @@
+"""Replay a trace against a scheduler and measure how well it packs.
+
+Three schedulers see the same cluster and the same trace:
+- `gpuguard`: the extender's own pure code (`filter_nodes`, then `score_nodes` with the policy's scheduling section,
+  utilization weighting included), highest score wins;
+- `default`: what kube-scheduler does without gpuguard: resource fit, then the LeastAllocated score (the node left
+  with the largest free share of what the pod asks for; the default profile spreads);
+- `best-fit`: an offline best fit: among the nodes that fit, the one the pod leaves with the fewest free devices of
+  its kind (for MIG, the fewest free instances of its profile, then fewest free slots on the chosen GPU).
+Ties go to a seeded random pick among the best, as kube-scheduler breaks them. Departures release what the pod held.
+Pure apart from an optional progress callback.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from gpuguard.policy.gpustate import GpuRequest, NodeGpuState, SliceRef, bind, release
+from gpuguard.policy.model import Scheduling
+from gpuguard.policy.scoring import fit_key, fit_refusal, filter_nodes, score_nodes
+from gpuguard.simulate.model import GPU, T4_SHARED, SimCluster, SimPod
+
+Picker = Callable[[GpuRequest, list[NodeGpuState], random.Random], NodeGpuState | None]
+Progress = Callable[[int, int], None]
+SCHEDULERS = ("gpuguard", "default", "best-fit")
+
+
+@dataclass
+class Outcome:
+    scheduler: str
+    placed_before_first_failure: int = 0
+    placed: int = 0
+    unschedulable: int = 0
+    stranded_gpus: int = 0
+    """At the first unschedulable pod: free whole GPUs on H100/A100 nodes already partly used (no 8-GPU pod fits)."""
+    stranded_mig_slots: int = 0
+    """At the same moment: memory slots (1/8 GPU each) of free MIG instances on GPUs that already hold one."""
+    whole_gpus_placed: int = 0
+    """GPUs taken by the whole-GPU (LLM) pods placed, over the whole trace."""
+    placed_on_busy: list[float] = field(default_factory=list)
+    """Background utilization of each node a whole-GPU pod went to, one entry per GPU it took."""
+
+    @property
+    def mean_utilization_of_used(self) -> float:
+        return sum(self.placed_on_busy) / len(self.placed_on_busy) if self.placed_on_busy else 0.0
+
+
+def pickers(cluster: SimCluster, scheduling: Scheduling) -> dict[str, Picker]:
+    def gpuguard(request: GpuRequest, states: list[NodeGpuState], rnd: random.Random) -> NodeGpuState | None:
+        feasible, _ = filter_nodes(request, states, utilization=cluster.utilization, scheduling=scheduling, now=0.0)
+        if not feasible:
+            return None
+        scores = score_nodes(request, feasible, utilization=cluster.utilization, scheduling=scheduling, now=0.0)
+        return _best(feasible, scores, rnd, highest=True)
+
+    def default(request: GpuRequest, states: list[NodeGpuState], rnd: random.Random) -> NodeGpuState | None:
+        fits = _fits(request, states)
+        shares = [sum((s.free_of(r) - n) / max(s.allocatable.get(r, 1), 1) for r, n in request.resources)
+                  for s in fits]
+        return _best(fits, shares, rnd, highest=True) if fits else None
+
+    def best_fit(request: GpuRequest, states: list[NodeGpuState], rnd: random.Random) -> NodeGpuState | None:
+        fits = _fits(request, states)
+        keys = [fit_key(request, s) for s in fits]
+        return _best(fits, keys, rnd, highest=False) if fits else None
+
+    return {"gpuguard": gpuguard, "default": default, "best-fit": best_fit}
+
+
+def _fits(request: GpuRequest, states: list[NodeGpuState]) -> list[NodeGpuState]:
+    return [s for s in states if fit_refusal(request, s) is None]
+
+
+def _best(states: Sequence[NodeGpuState], values: Sequence[object], rnd: random.Random, *, highest: bool) -> NodeGpuState:
+    target = max(values) if highest else min(values)  # type: ignore[type-var]  # ints, floats or tuples of them
+    return rnd.choice([s for s, v in zip(states, values, strict=True) if v == target])
+
+
+def replay(cluster: SimCluster, trace: Sequence[SimPod], name: str, picker: Picker, *, seed: int,
+           progress: Progress | None = None) -> Outcome:
+    rnd = random.Random(f"ties-{seed}")
+    states = {s.name: s for s in cluster.states}
+    order = [s.name for s in cluster.states]
+    held: dict[int, tuple[str, tuple[SliceRef, ...]]] = {}
+    departures: list[tuple[float, int]] = []
+    outcome = Outcome(name)
+    first_failure_seen = False
+    for done, pod in enumerate(trace, 1):
+        while departures and departures[0][0] <= pod.arrival:
+            _, index = heapq.heappop(departures)
+            node, slices = held.pop(index)
+            states[node] = release(states[node], trace[index].request, slices)
+        chosen = picker(pod.request, [states[n] for n in order], rnd)
+        if chosen is None:
+            outcome.unschedulable += 1
+            if not first_failure_seen:
+                first_failure_seen = True
+                outcome.stranded_gpus, outcome.stranded_mig_slots = stranded(states.values())
+        else:
+            binding = bind(chosen, pod.request)
+            states[chosen.name] = binding.state
+            held[pod.index] = (chosen.name, binding.slices)
+            heapq.heappush(departures, (pod.arrival + pod.lifetime, pod.index))
+            outcome.placed += 1
+            if not first_failure_seen:
+                outcome.placed_before_first_failure += 1
+            if pod.kind == "llm":
+                outcome.whole_gpus_placed += pod.gpus
+                outcome.placed_on_busy += [cluster.background.get(chosen.name, 0.0)] * pod.gpus
+        if progress is not None:
+            progress(done, len(trace))
+    if not first_failure_seen:
+        outcome.stranded_gpus, outcome.stranded_mig_slots = stranded(states.values())
+    return outcome
+
+
+def stranded(states: Iterable[NodeGpuState]) -> tuple[int, int]:
+    """Free capacity that fragmentation makes hard to use (see `Outcome`)."""
+    gpus = slots = 0
+    for state in states:
+        total = state.allocatable.get(GPU, 0)
+        free = state.free_of(GPU)
+        if total and state.product != T4_SHARED and 0 < free < total:
+            gpus += free
+        assert state.held is not None
+        for gpu, flags in zip(state.mig_gpus, state.held, strict=True):
+            if any(flags):
+                slots += sum(piece.size for piece, on in zip(gpu.slices, flags, strict=True) if not on)
+    return gpus, slots

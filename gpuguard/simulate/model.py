@@ -1,0 +1,121 @@
+"""The simulated cluster and the arrival trace `gpuguard simulate` replays. Pure and seeded: same seed, same run.
+
+Cluster, for N nodes (at least one of each kind): 40 % whole-GPU nodes of 8 H100 80GB, 20 % of 8 A100 80GB, 25 % of
+8 H100 80GB under the MIG mixed strategy (half the GPUs in the GPU Operator's all-1g.10gb layout, half in
+all-balanced), 15 % of 4 T4s time-sliced 4 ways. Each whole-GPU node gets a background utilization drawn from
+5/20/40/60/85 % (other tenants' load, which the utilization weighting should steer around; it stays static).
+
+Trace, M pods arriving one per second on average (exponential gaps), each living an exponentially distributed time
+(mean `lifetime`): 40 % whole-GPU LLM servers (1, 2, 4 or 8 GPUs with weights 10, 8, 12, 10, so 22 % of all pods ask
+for 4 or 8 GPUs; 70 % pin H100, 30 % A100 through the product selector the webhook's rules add), 45 % small models on
+one MIG slice (1g.10gb 30, 2g.20gb 10, 3g.40gb 5), 15 % development models on one time-sliced T4 share.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from gpuguard.policy import mig
+from gpuguard.policy.gpustate import GpuRequest, GpuSample, MigGpu, MigSlice, NodeGpuState, NodeUtilization
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+A100 = "NVIDIA-A100-SXM4-80GB"
+T4_SHARED = "Tesla-T4-SHARED"
+GPU = "nvidia.com/gpu"
+BACKGROUND = (5.0, 20.0, 40.0, 60.0, 85.0)
+NODE_MIX = (("h100", 0.40), ("a100", 0.20), ("h100-mig", 0.25), ("t4", 0.15))
+
+
+@dataclass(frozen=True, slots=True)
+class SimPod:
+    index: int
+    kind: str
+    """llm, mig or dev."""
+    request: GpuRequest
+    arrival: float
+    lifetime: float
+
+    @property
+    def gpus(self) -> int:
+        return self.request.count(GPU)
+
+
+@dataclass(frozen=True, slots=True)
+class SimCluster:
+    states: tuple[NodeGpuState, ...]
+    utilization: dict[str, NodeUtilization]
+    background: dict[str, float]
+    """Mean background utilization of each whole-GPU node (percent)."""
+
+
+def node_counts(nodes: int) -> dict[str, int]:
+    counts = {kind: max(1, round(nodes * share)) for kind, share in NODE_MIX}
+    counts["h100"] += nodes - sum(counts.values())
+    return counts
+
+
+def build_cluster(nodes: int, seed: int) -> SimCluster:
+    rnd = random.Random(f"cluster-{seed}")
+    states: list[NodeGpuState] = []
+    utilization: dict[str, NodeUtilization] = {}
+    background: dict[str, float] = {}
+    for kind, count in node_counts(nodes).items():
+        for i in range(count):
+            name = f"{kind}-{i:03d}"
+            states.append(_node(kind, name))
+            if kind in ("h100", "a100", "t4"):
+                level = rnd.choice(BACKGROUND)
+                gpus = 4 if kind == "t4" else 8
+                samples = tuple(GpuSample(f"{name}/{g}", min(99.0, max(0.0, level + rnd.uniform(-5, 5))), 0.0)
+                                for g in range(gpus))
+                utilization[name] = NodeUtilization(samples)
+                background[name] = sum(s.percent for s in samples) / gpus
+    return SimCluster(tuple(states), utilization, background)
+
+
+def _node(kind: str, name: str) -> NodeGpuState:
+    if kind == "h100":
+        return NodeGpuState(name, H100, {GPU: 8}, {}, physical_gpus=8)
+    if kind == "a100":
+        return NodeGpuState(name, A100, {GPU: 8}, {}, physical_gpus=8)
+    if kind == "t4":
+        return NodeGpuState(name, T4_SHARED, {GPU: 16}, {}, physical_gpus=4)
+    return _mig_node(name)
+
+
+def _mig_node(name: str) -> NodeGpuState:
+    model = mig.model_named("H100-80GB")
+    assert model is not None
+    all_1g = tuple(MigSlice("1g.10gb", start, 1) for start in range(7))
+    balanced = (MigSlice("2g.20gb", 0, 2), MigSlice("1g.10gb", 2, 1), MigSlice("1g.10gb", 3, 1),
+                MigSlice("3g.40gb", 4, 4))
+    gpus = tuple(MigGpu(i, f"{name}/{i}", model.name, all_1g if i < 4 else balanced) for i in range(8))
+    allocatable: dict[str, int] = {}
+    for gpu in gpus:
+        for piece in gpu.slices:
+            resource = mig.mig_resource_name(piece.profile)
+            allocatable[resource] = allocatable.get(resource, 0) + 1
+    return NodeGpuState(name, H100, allocatable, {}, mig_gpus=gpus, physical_gpus=8)
+
+
+def build_trace(pods: int, seed: int, *, lifetime: float = 900.0) -> tuple[SimPod, ...]:
+    rnd = random.Random(f"trace-{seed}")
+    now = 0.0
+    trace: list[SimPod] = []
+    for index in range(pods):
+        now += rnd.expovariate(1.0)
+        kind = rnd.choices(("llm", "mig", "dev"), (40, 45, 15))[0]
+        trace.append(SimPod(index, kind, _request(kind, rnd), now, rnd.expovariate(1.0 / lifetime)))
+    return tuple(trace)
+
+
+def _request(kind: str, rnd: random.Random) -> GpuRequest:
+    if kind == "llm":
+        count = rnd.choices((1, 2, 4, 8), (10, 8, 12, 10))[0]
+        product = H100 if rnd.random() < 0.7 else A100
+        return GpuRequest(((GPU, count),), product=product)
+    if kind == "mig":
+        profile = rnd.choices(("1g.10gb", "2g.20gb", "3g.40gb"), (30, 10, 5))[0]
+        return GpuRequest(((mig.mig_resource_name(profile), 1),), product=H100)
+    return GpuRequest(((GPU, 1),), product=T4_SHARED)
