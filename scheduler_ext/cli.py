@@ -43,6 +43,10 @@ def add_extender_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between checks of --cluster-state for changes (default 1)",
     )
     parser.add_argument(
+        "--metrics-host", default=env_default("METRICS_HOST"),
+        help="address of the separate --metrics-port (default: the same as --host)",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, default=None,
         help="serve /metrics on this separate plain-HTTP port instead of the main port (0: no /metrics)",
     )
@@ -64,6 +68,7 @@ def settings_from_args(args: argparse.Namespace) -> ExtenderSettings:
         kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         state_interval=args.state_interval,
         gc=GcSettings(mode=args.gc),
     )

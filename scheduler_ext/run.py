@@ -47,7 +47,8 @@ def run_extender(settings: ExtenderSettings) -> int:
                      background=background, serve_metrics=not separate)
     listeners = [serving.Listener(app, settings.host, settings.port, name="extender")]
     if settings.metrics_port:
-        listeners.append(serving.Listener(serving.metrics_app(registry), settings.host, settings.metrics_port,
+        listeners.append(serving.Listener(serving.metrics_app(registry), settings.metrics_host or settings.host,
+                                          settings.metrics_port,
                                           name="metrics"))
     serving.run(listeners)
     return 0

@@ -44,6 +44,9 @@ class ExtenderSettings:
     kubeconfig: Path | None = None
     in_cluster: bool = False
     metrics_port: int | None = None
+    metrics_host: str | None = None
+    """Address of the separate metrics port; None: the same as `host`. A sidecar answers the scheduler on loopback
+    but must expose /metrics on the pod IP for Prometheus."""
     """None: /metrics on the main port; 0: no /metrics; else a separate plain-HTTP port."""
     reload_interval: float = 2.0
     """Seconds between checks of the policy file."""
