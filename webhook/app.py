@@ -148,7 +148,12 @@ async def _watch_certificate(
     async def poll() -> None:
         while True:
             await asyncio.sleep(interval)
-            if await asyncio.to_thread(certificate.refresh):
+            try:
+                reloaded = await asyncio.to_thread(certificate.refresh)
+            except Exception:  # a bug here must not end the polling: keep serving, try again next interval
+                log.exception("checking the serving certificate %s failed", certificate.cert)
+                continue
+            if reloaded:
                 metrics.certificate_reloads.inc()
                 log.info("serving certificate reloaded from %s", certificate.cert)
 
