@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gpuguard.policy.loading import PolicyError, default_policy_text, parse_policy
 from gpuguard.policy.model import Policy
+from gpuguard.web.logs import log_bug
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,8 @@ class PolicySource:
             await asyncio.sleep(interval)
             try:
                 self.check()
-            except Exception:  # a bug here must not end the polling: the next interval tries again
-                log.exception("checking the policy file %s failed", self.path)
+            except Exception as error:  # a bug here must not end the polling: the next interval tries again
+                log_bug(log, "checking the policy file %s failed", self.path, error=error)
 
 
 def _digest(text: str) -> str:

@@ -51,6 +51,11 @@ class InProcessServer:
         async def stop() -> None:
             for runner in self._runners:
                 await runner.cleanup()
+            # Connections aiohttp was still draining (a refused body the client kept sending) end with the loop.
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
