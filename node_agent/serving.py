@@ -4,11 +4,17 @@ The other services use aiohttp; the agent deliberately does not. It runs on ever
 budget, and aiohttp and the Kubernetes client together already cost about 64 MB. Three GET endpoints need no event
 loop: the standard library's threaded WSGI server and prometheus_client's WSGI app (gzip when asked for) serve them
 in a few hundred kB.
+
+Limits, since every connection holds a thread: a client that sends nothing for `IDLE_TIMEOUT` seconds is
+disconnected; the request line is at most 64 KiB (414 beyond) and the headers at most 100 lines of 64 KiB (431
+beyond), the standard library's own limits; no endpoint reads a request body. Errors are logged by type only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -17,15 +23,32 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = 10.0
+"""Seconds a connection may stay silent while its request is read: Prometheus and the kubelet send at once."""
+
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     """A slow scraper must not hold up shutdown."""
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """One line, the exception's type only (the standard server prints a traceback to stderr)."""
+        log.error("metrics request from %s failed: %s", client_address, type(sys.exc_info()[1]).__name__)
+
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT
+
     def log_message(self, format: str, *args: object) -> None:
         """No access log: Prometheus and kubelet probes call every few seconds."""
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True  # a client that stalled or went away: drop it quietly, free the thread
 
 
 def create_http_app(registry: CollectorRegistry, *, ready: Callable[[], bool]) -> WSGIApplication:
@@ -58,8 +81,9 @@ def _json(start_response: StartResponse, status: str, body: dict[str, str]) -> l
 class HttpServer:
     """Serves a WSGI app on a daemon thread until `stop()`."""
 
-    def __init__(self, app: WSGIApplication, *, host: str, port: int) -> None:
-        self._server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
+    def __init__(self, app: WSGIApplication, *, host: str, port: int, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        handler = type("Handler", (_QuietHandler,), {"timeout": idle_timeout})
+        self._server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
     @property

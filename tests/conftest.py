@@ -13,6 +13,9 @@ import pytest
 from gpuguard.contracts.admission import AdmissionRequest, AdmissionResponse, decode_patch, parse_review
 from gpuguard.policy.loading import default_policy, default_policy_text, parse_policy
 from gpuguard.policy.model import Policy
+from tests.strategies import profiles
+
+profiles.register()  # before the hypothesis plugin applies --hypothesis-profile
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"

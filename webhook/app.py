@@ -27,6 +27,7 @@ from gpuguard.contracts.admission import (
     encode_reply,
     parse_review,
 )
+from gpuguard.web.logs import log_bug, loggable
 from gpuguard.web.policy_source import PolicySource
 from gpuguard.web.serving import add_metrics_route, add_probes
 from gpuguard.web.tls import ReloadingCertificate
@@ -78,6 +79,9 @@ async def answer(request: web.Request, endpoint: Endpoint) -> web.Response:
     app = request.app
     metrics = app[keys.METRICS]
     started = time.perf_counter()
+    limit = app[keys.SETTINGS].max_body_bytes
+    if (request.content_length or 0) > limit:  # refused before reading it: a declared size is enough
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or 0)
     body = await request.read()
     recalled = _recall(app, body) if endpoint == "mutate" else None
     if isinstance(recalled, Answer):
@@ -99,8 +103,8 @@ def _recall(app: web.Application, body: bytes) -> Answer | Unknown | None:
     """A repeat of a request already decided (see `webhook.memo`), the shape of a new one, or None on any doubt."""
     try:
         return app[keys.MEMO].recall(body, generation=app[keys.POLICY].generation)
-    except Exception:  # the memo is an optimisation: if it fails, decide afresh
-        log.exception("mutation memo failed; deciding afresh")
+    except Exception as error:  # the memo is an optimisation: if it fails, decide afresh
+        log_bug(log, "mutation memo failed; deciding afresh", error=error)
         return None
 
 
@@ -116,8 +120,9 @@ def _decide(
             return answered.reply, answered.outcome
         outcome = review(endpoint, request, policy.policy)
         return encode_reply(admission.api_version, outcome.response), outcome
-    except Exception:  # a bug must cost one answer, not the server: reply per the configured failure mode
-        log.exception("internal error on /%s uid=%s %s", endpoint, request.uid, display_name(request))
+    except Exception as error:  # a bug must cost one answer, not the server: reply per the configured failure mode
+        log_bug(log, "internal error on /%s uid=%s %s", endpoint, loggable(request.uid),
+                loggable(display_name(request)), error=error)
         message = f"gpuguard internal error on /{endpoint} (uid {request.uid}); see the webhook log"
         if settings.on_internal_error == "deny":
             failed = deny(request.uid, message, code=500, reason="InternalError")
@@ -134,9 +139,9 @@ def _record(
     kind = outcome.kind if outcome else request.kind.kind
     metrics.admitted(endpoint, request.operation, kind, decision, outcome.rule if outcome else "", seconds)
     if outcome is not None and outcome.decision in _LOGGED_DECISIONS:
-        problems = "; ".join(str(p) for p in outcome.problems)
-        log.info("%s %s %s uid=%s rule=%s: %s", decision, kind, display_name(request), request.uid, outcome.rule,
-                 problems)
+        problems = loggable("; ".join(str(p) for p in outcome.problems), limit=2000)
+        log.info("%s %s %s uid=%s rule=%s: %s", decision, kind, loggable(display_name(request)),
+                 loggable(request.uid), outcome.rule, problems)
 
 
 @contextlib.asynccontextmanager
@@ -148,7 +153,12 @@ async def _watch_certificate(
     async def poll() -> None:
         while True:
             await asyncio.sleep(interval)
-            if await asyncio.to_thread(certificate.refresh):
+            try:
+                reloaded = await asyncio.to_thread(certificate.refresh)
+            except Exception as error:  # a bug here must not end the polling: keep serving, try again next interval
+                log_bug(log, "checking the serving certificate %s failed", certificate.cert, error=error)
+                continue
+            if reloaded:
                 metrics.certificate_reloads.inc()
                 log.info("serving certificate reloaded from %s", certificate.cert)
 

@@ -6,6 +6,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 # Include kube-apiserver's own latency edges (5, 25, 100 ms in apiserver_admission_webhook_admission_duration_seconds)
 # so the two histograms can be compared bucket for bucket.
+KINDS = frozenset({"Pod", "InferenceService"})
+"""The kinds the webhook decides on; any other kind a request names is counted as `other`, so a client cannot grow
+the label set (and the server's memory) by inventing kinds."""
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -44,7 +47,7 @@ class WebhookMetrics:
         Labelled children are looked up once and kept: `labels()` with five labels costs more than the rest of
         this call, and the label sets are few (endpoints x operations x kinds x decisions x rules).
         """
-        key = (endpoint, operation, kind, decision, rule)
+        key = (endpoint, operation, kind if kind in KINDS else "other", decision, rule)
         counter = self._admission_children.get(key)
         if counter is None:
             counter = self._admission_children[key] = self.admissions.labels(*key)

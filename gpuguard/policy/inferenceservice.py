@@ -82,7 +82,7 @@ def isvc_problems(isvc: JsonObject, effective: Effective) -> list[Problem]:
     # The checks that do not depend on containers (annotations, sharing) apply as for a pod.
     problems = pod_problems({}, effective)
     for section, refs in components(isvc).values():
-        product = podspec.mapping(section.get("nodeSelector")).get(PRODUCT_LABEL)
+        product = podspec.text(podspec.mapping(section.get("nodeSelector")).get(PRODUCT_LABEL))
         problems += containers_problems(refs, effective.limits, product=product)
     return problems
 

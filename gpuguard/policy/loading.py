@@ -19,6 +19,7 @@ from pydantic_core import ErrorDetails
 
 from gpuguard.policy import mig
 from gpuguard.policy.model import GpuSpec, Limits, Policy
+from gpuguard.policy.quantity import quoted
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -157,4 +158,4 @@ def _profile_issues(path: str, profile: str, limits: Limits, product: str | None
 
 
 def unknown_profile_message(profile: str) -> str:
-    return f"unknown MIG profile {profile!r}; known profiles: {', '.join(mig.all_profile_names())}"
+    return f"unknown MIG profile {quoted(profile)}; known profiles: {', '.join(mig.all_profile_names())}"

@@ -48,6 +48,11 @@ def sequence(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def text(value: object) -> str | None:
+    """The value if it is a JSON string, else None (a number where a label value belongs reads as unset)."""
+    return value if isinstance(value, str) else None
+
+
 def labels_of(obj: JsonObject) -> JsonObject:
     return mapping(mapping(obj.get("metadata")).get("labels"))
 

@@ -25,7 +25,7 @@ from gpuguard.policy.model import (
     TritonMetrics,
     UserOverride,
 )
-from gpuguard.policy.quantity import whole_number
+from gpuguard.policy.quantity import quoted, whole_number
 from gpuguard.policy.runtime import Runtime
 
 ANNOTATION_PREFIX = "gpuguard.io/"
@@ -171,7 +171,7 @@ def _gpu_from_annotation(kind: str, value: str, limits: Limits, problems: list[P
     if kind == "gpu-count":
         count = whole_number(value)
         if count is None or count < 1:
-            problems.append(Problem(where, f"{value!r} is not a whole number of GPUs", "write a count such as \"1\""))
+            problems.append(Problem(where, f"{quoted(value)} is not a whole number of GPUs", "write a count such as \"1\""))
             return None
         if count > limits.max_gpus_per_pod:
             problems.append(
@@ -183,7 +183,7 @@ def _gpu_from_annotation(kind: str, value: str, limits: Limits, problems: list[P
     if kind == "mig-profile":
         return _mig_from_annotation(where, value, limits, problems)
     if value != "time-slicing":
-        problems.append(Problem(where, f"{value!r} is not a sharing mode", "write \"time-slicing\""))
+        problems.append(Problem(where, f"{quoted(value)} is not a sharing mode", "write \"time-slicing\""))
         return None
     return GpuSpec(sharing="timeSlicing")
 
@@ -194,7 +194,7 @@ def _mig_from_annotation(where: str, value: str, limits: Limits, problems: list[
         return None
     if limits.allowed_mig_profiles and value not in limits.allowed_mig_profiles:
         allowed = ", ".join(limits.allowed_mig_profiles)
-        problems.append(Problem(where, f"MIG profile {value!r} is not allowed here", f"use one of: {allowed}"))
+        problems.append(Problem(where, f"MIG profile {quoted(value)} is not allowed here", f"use one of: {allowed}"))
         return None
     return GpuSpec(mig_profile=value)
 

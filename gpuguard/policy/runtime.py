@@ -66,8 +66,13 @@ def runtime_of_container(container: Mapping[str, Any]) -> Runtime:
     found = _first_signature([image], loose=True)
     if found is not None:
         return found
-    words = [str(w).lower() for w in (*(container.get("command") or ()), *(container.get("args") or ()))]
+    words = [str(w).lower() for w in (*_words(container.get("command")), *_words(container.get("args")))]
     return _first_signature(words, loose=False) or "custom"
+
+
+def _words(value: Any) -> list[Any]:
+    """A command or args list; anything else (null, a string, a number in a hand-written object) has no words."""
+    return value if isinstance(value, list) else []
 
 
 def runtime_of_model_format(model_format: str | None, serving_runtime: str | None) -> Runtime:

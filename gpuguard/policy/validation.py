@@ -15,7 +15,7 @@ from gpuguard.policy import mig, podspec
 from gpuguard.policy.loading import PRODUCT_LABEL, unknown_profile_message
 from gpuguard.policy.model import Limits
 from gpuguard.policy.podspec import ContainerRef
-from gpuguard.policy.quantity import QuantityError, parse_quantity, whole_number
+from gpuguard.policy.quantity import QuantityError, parse_quantity, quoted, whole_number
 from gpuguard.policy.resolve import Effective, Problem
 
 WHOLE_NUMBER_FIX = (
@@ -26,7 +26,7 @@ WHOLE_NUMBER_FIX = (
 def pod_problems(pod_spec: Mapping[str, Any], effective: Effective) -> list[Problem]:
     """Every problem in a pod spec under these settings, plus the user-annotation problems `resolve` found."""
     refs = list(podspec.all_containers(pod_spec))
-    product = podspec.mapping(pod_spec.get("nodeSelector")).get(PRODUCT_LABEL)
+    product = podspec.text(podspec.mapping(pod_spec.get("nodeSelector")).get(PRODUCT_LABEL))
     problems = list(effective.problems)
     problems += containers_problems(refs, effective.limits, product=product)
     problems += _sharing_problems(effective)
@@ -82,19 +82,19 @@ def _quantity_problems(ref: ContainerRef) -> Iterator[Problem]:
         if len(bad) == 2 and _same_text(limit, request):
             bad = [("limit and request", limit)]
         for kind, quantity in bad:
-            yield Problem(ref.where, f"{name} {kind} {quantity!r} is not a whole number", WHOLE_NUMBER_FIX)
+            yield Problem(ref.where, f"{name} {kind} {quoted(quantity)} is not a whole number", WHOLE_NUMBER_FIX)
         if bad:
             continue
         if request is not None and limit is None:
             yield Problem(
                 ref.where,
-                f"{name} has a request ({request!r}) but no limit; Kubernetes requires extended resources in limits",
-                f"set resources.limits.{name} to {request!r}",
+                f"{name} has a request ({quoted(request)}) but no limit; Kubernetes requires extended resources in limits",
+                f"set resources.limits.{name} to {quoted(request)}",
             )
         elif request is not None and not _same_quantity(request, limit):
             yield Problem(
                 ref.where,
-                f"{name} request {request!r} differs from its limit {limit!r}",
+                f"{name} request {quoted(request)} differs from its limit {quoted(limit)}",
                 "make the request equal to the limit, or leave the request out (it defaults to the limit)",
             )
 
@@ -106,7 +106,7 @@ def _mig_problems(ref: ContainerRef, resource: str, limits: Limits, product: str
         return
     if limits.allowed_mig_profiles and profile not in limits.allowed_mig_profiles:
         allowed = ", ".join(mig.mig_resource_name(p) for p in limits.allowed_mig_profiles)
-        yield Problem(ref.where, f"MIG profile {profile!r} ({resource}) is not allowed", f"use one of: {allowed}")
+        yield Problem(ref.where, f"MIG profile {quoted(profile)} ({resource}) is not allowed", f"use one of: {allowed}")
     model = mig.model_for_product(product) if product else None
     if model is not None and model.profile(profile) is None:
         yield Problem(

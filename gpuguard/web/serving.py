@@ -19,6 +19,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from gpuguard.web.logs import HTTP_LOG
+
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], bool]
@@ -37,9 +39,13 @@ def add_metrics_route(app: web.Application, registry: CollectorRegistry) -> None
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
 
 
+METRICS_MAX_BODY = 64 * 1024
+"""Bytes: /metrics and the probes are GET requests; nothing this port serves reads a body."""
+
+
 def metrics_app(registry: CollectorRegistry) -> web.Application:
     """A plain-HTTP app serving only /metrics, for a separate metrics port."""
-    app = web.Application()
+    app = web.Application(client_max_size=METRICS_MAX_BODY)
     add_metrics_route(app, registry)
     return app
 
@@ -84,8 +90,10 @@ async def start(listeners: Sequence[Listener], *, shutdown_timeout: float = 10.0
     runners: list[web.AppRunner] = []
     try:
         for listener in listeners:
+            # aiohttp's own limits stay in force: request line and each header at most 8190 bytes, at most 128
+            # headers (HTTP 400 beyond); its error lines go through HTTP_LOG, which drops the request content.
             runner = web.AppRunner(
-                listener.app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout
+                listener.app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout, logger=HTTP_LOG
             )
             await runner.setup()
             runners.append(runner)

@@ -133,31 +133,46 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 class ReloadingCertificate:
-    """Keeps a server context's certificate equal to the files on disk.
+    """Keeps the certificate a server presents equal to the files on disk, without ever presenting a torn pair.
 
-    `refresh()` re-reads the pair when their content changed; new handshakes then present the new certificate
-    while connections already open keep theirs. A half-written pair (cert and key not matching yet) is skipped
-    and retried on the next call, so a rotation is never observed torn.
+    `context` is the context the server listens with; it keeps the pair it started with. `refresh()` re-reads the
+    files when their content changed and builds a fresh context from them off to the side; only a context whose
+    certificate and key match replaces `current`, and the listening context's SNI callback (which OpenSSL runs on
+    every handshake, with or without a server name) hands each new connection the `current` one. Connections
+    already open keep theirs.
+
+    Loading the new pair into the listening context itself would not be safe: OpenSSL replaces the certificate
+    first and the key after, so a handshake in between, or a pair read half-way through a rotation (new
+    certificate, old key), leaves the context without a usable key and every handshake fails until the next good
+    reload. Swapping whole contexts is one reference assignment. A half-written pair is skipped and retried on
+    the next call.
     """
 
     def __init__(self, cert: Path, key: Path) -> None:
         self.cert, self.key = cert, key
         self.context = server_context(cert, key)
+        self.current = self.context
         self._digest = self._read_digest()
+        self.context.sni_callback = self._select
 
     def _read_digest(self) -> str:
         return hashlib.sha256(self.cert.read_bytes() + b"\0" + self.key.read_bytes()).hexdigest()
 
+    def _select(self, connection: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:
+        current = self.current
+        if current is not self.context:
+            connection.context = current
+
     def refresh(self) -> bool:
-        """Reload if the files changed; True when a new certificate is now served."""
+        """Reload if the files changed; True when new handshakes now present the new certificate."""
         try:
             digest = self._read_digest()
             if digest == self._digest:
                 return False
-            self.context.load_cert_chain(self.cert, self.key)
+            context = server_context(self.cert, self.key)  # refuses a certificate and key that do not match
         except (OSError, ssl.SSLError, ValueError):
             return False
-        self._digest = digest
+        self.current, self._digest = context, digest
         return True
 
 

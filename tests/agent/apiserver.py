@@ -45,7 +45,8 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class FakeApiServer:
-    def __init__(self, objects: list[JsonDict]) -> None:
+    def __init__(self, objects: list[JsonDict], *, port: int = 0) -> None:
+        """`port`: 0 for any free one; a fixed one to come back on the same address after a simulated outage."""
         self.nodes = {o["metadata"]["name"]: copy.deepcopy(o) for o in objects if o["kind"] == "Node"}
         self.config_maps = {
             (o["metadata"].get("namespace", "default"), o["metadata"]["name"]): copy.deepcopy(o)
@@ -55,7 +56,7 @@ class FakeApiServer:
         self.fail_next: list[int] = []
         self._version = 100
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
 
     @property

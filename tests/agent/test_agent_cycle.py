@@ -174,10 +174,14 @@ def test_gpus_are_still_read_while_the_api_is_backing_off(tmp_path: Path) -> Non
 def test_a_policy_change_re_plans_time_slicing_at_once(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
     harness.cycle()
+    before = harness.node()["labels"][LABEL]
     harness.policy_path.write_text(harness.policy_path.read_text().replace("replicas: 4", "replicas: 8"))
+    harness.cycle()  # a changed policy file is taken once it reads the same twice (it may be half-written)
+    assert harness.node()["labels"][LABEL] == before
     harness.cycle()
     assert harness.node()["labels"][LABEL] == entry_for(harness.agent.policy.policy.time_slicing, 8).name
     harness.policy_path.write_text(harness.policy_path.read_text().replace("Tesla-T4", "NVIDIA-L4"))
+    harness.cycle()
     harness.cycle()
     assert LABEL not in harness.node()["labels"]
 

@@ -166,3 +166,72 @@ def test_the_image_runs_as_the_user_the_chart_expects_and_starts_gpuguard() -> N
     context = load_values()["podSecurityContext"]
     assert f"USER {context['runAsUser']}:{context['runAsGroup']}" in dockerfile
     assert dockerfile[-1] == 'ENTRYPOINT ["gpuguard"]'
+
+
+# Least privilege across every scenario (the tests above pin the exact rules for the default values).
+FORBIDDEN_VERBS = {"escalate", "bind", "impersonate", "deletecollection", "*"}
+SENSITIVE_RESOURCES = {"roles", "clusterroles", "rolebindings", "clusterrolebindings", "serviceaccounts/token",
+                       "pods/exec", "pods/attach", "nodes/proxy", "certificatesigningrequests/approval"}
+
+
+@pytest.mark.parametrize("values", ALL, ids=IDS)
+def test_the_webhook_has_no_api_access_in_any_certificate_mode(values: tuple[str, ...]) -> None:
+    """cert-manager's cainjector or the certs Jobs keep the caBundle; the webhook itself never calls the API."""
+    rendered = render(values)
+    spec = rendered.get("Deployment", "gpuguard-webhook")["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert rules_bound_to(rendered, "gpuguard-webhook") == {}
+
+
+@pytest.mark.parametrize("values", ALL, ids=IDS)
+def test_a_pod_whose_account_is_bound_to_no_role_mounts_no_token(values: tuple[str, ...]) -> None:
+    rendered = render(values)
+    for obj, spec in rendered.workloads():
+        account = spec.get("serviceAccountName", "default")
+        if any(s["name"] == account for b in rendered.of_kind("ClusterRoleBinding") + rendered.of_kind("RoleBinding")
+               for s in b["subjects"]):
+            continue  # bound to a role, the chart's own or a built-in one (system:kube-scheduler)
+        accounts = [a for a in rendered.of_kind("ServiceAccount") if a["metadata"]["name"] == account]
+        mounted = spec.get("automountServiceAccountToken", accounts[0].get("automountServiceAccountToken", True)
+                           if accounts else True)
+        assert mounted is False, f"{obj['kind']} {obj['metadata']['name']} carries a token it has no use for"
+
+
+@pytest.mark.parametrize("values", ALL, ids=IDS)
+def test_no_role_reads_secrets_it_does_not_own_or_can_grant_itself_more(values: tuple[str, ...]) -> None:
+    for role in render(values).of_kind("ClusterRole") + render(values).of_kind("Role"):
+        where = f"{role['kind']} {role['metadata']['name']}"
+        for rule in role["rules"]:
+            verbs, resources = set(rule["verbs"]), set(rule["resources"])
+            assert not verbs & FORBIDDEN_VERBS, where
+            assert not resources & SENSITIVE_RESOURCES, where
+            if "secrets" in resources:
+                assert role["kind"] == "Role", f"{where}: Secrets only in its own namespace"
+                assert verbs <= {"create", "get", "update"}, f"{where}: never list or watch Secrets"
+                assert verbs == {"create"} or rule.get("resourceNames") == ["gpuguard-webhook-tls"], where
+
+
+@pytest.mark.parametrize("values", [v for v in ALL if v != ("agent-off-values.yaml",)],
+                         ids=[i for i in IDS if i != "agent-off-values.yaml"])
+def test_the_agent_gets_and_patches_nodes_and_reaches_configmaps_in_one_namespace_only(
+    values: tuple[str, ...]
+) -> None:
+    bound = rules_bound_to(render(values), "gpuguard-agent")
+    cluster_wide = {name: rules for (name, namespace), rules in bound.items() if namespace is None}
+    assert cluster_wide == {"gpuguard-agent": [{"apiGroups": [""], "resources": ["nodes"],
+                                                "verbs": ["get", "patch"]}]}
+    namespaced = [(namespace, rule) for (_, namespace), rules in bound.items() if namespace for rule in rules]
+    assert len({namespace for namespace, _ in namespaced}) == 1
+    for _, rule in namespaced:
+        assert rule["resources"] == ["configmaps"]
+        assert rule["verbs"] == ["create"] or (rule["verbs"] == ["get", "update"] and len(rule["resourceNames"]) == 1)
+
+
+@pytest.mark.parametrize("values", ALL, ids=IDS)
+def test_no_pod_shares_the_hosts_namespaces_ports_or_adds_capabilities(values: tuple[str, ...]) -> None:
+    for obj, spec in render(values).workloads():
+        where = f"{obj['kind']} {obj['metadata']['name']}"
+        assert not spec.get("hostIPC") and not spec.get("hostNetwork") and not spec.get("hostPID"), where
+        for container in containers(spec):
+            assert not any("hostPort" in port for port in container.get("ports", [])), where
+            assert not container["securityContext"]["capabilities"].get("add"), where

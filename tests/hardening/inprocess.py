@@ -1,0 +1,66 @@
+"""The real webhook app, served from a thread of this process so synchronous tests (hypothesis) can call it.
+
+`InProcessServer` builds the app with `webhook.app.create_app`, exactly as `gpuguard webhook` does, and serves it
+on 127.0.0.1 from an event loop on a background thread: plain HTTP by default (the properties are about the
+handlers, not TLS), or HTTPS with a `ReloadingCertificate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gpuguard.policy.model import Policy
+from gpuguard.web import serving
+from gpuguard.web.policy_source import PolicySource
+from gpuguard.web.tls import ReloadingCertificate
+from webhook.app import create_app
+from webhook.settings import WebhookSettings
+
+
+class InProcessServer:
+    def __init__(self, policy: Policy | None = None, *, policy_path: Path | None = None,
+                 certificate: ReloadingCertificate | None = None, **settings: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.settings = WebhookSettings(host="127.0.0.1", port=0, policy_path=policy_path, **settings)
+        self.policy = PolicySource(policy_path, registry=self.registry)
+        if policy is not None:
+            self.policy.policy = policy
+        self.certificate = certificate
+        self.app = create_app(self.settings, policy=self.policy, registry=self.registry, certificate=certificate,
+                              serve_metrics=True)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="webhook", daemon=True)
+        self._runners: list[web.AppRunner] = []
+        self.port = 0
+
+    def __enter__(self) -> InProcessServer:
+        self._thread.start()
+        context = self.certificate.context if self.certificate else None
+        listener = serving.Listener(self.app, "127.0.0.1", 0, context)
+        self._runners = asyncio.run_coroutine_threadsafe(serving.start([listener]), self.loop).result(30)
+        self.port = int(self._runners[0].addresses[0][1])
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        async def stop() -> None:
+            for runner in self._runners:
+                await runner.cleanup()
+            # Connections aiohttp was still draining (a refused body the client kept sending) end with the loop.
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
