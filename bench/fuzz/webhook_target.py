@@ -34,7 +34,7 @@ with atheris.instrument_imports(include=["gpuguard", "webhook"]):
     from gpuguard.contracts.admission import AdmissionRequest, InvalidReview, decode_patch, encode_reply, parse_review
     from gpuguard.policy.loading import default_policy, default_policy_text, parse_policy
     from gpuguard.policy.model import Policy
-    from webhook.memo import MutationMemo
+    from webhook.memo import Answer, MutationMemo, Unknown
     from webhook.review import mutate, validate
 
 import jsonpatch
@@ -159,7 +159,7 @@ def check(body: bytes) -> None:
     recalled = memo.recall(body, generation=1)
     if whole is None or lean is None:
         stats["invalid"] += 1
-        if recalled is not None:
+        if isinstance(recalled, Answer):
             raise InvariantBroken("the memo answered a body that is not an AdmissionReview")
         return
     stats["valid"] += 1
@@ -194,20 +194,19 @@ def _check_mutation(request: AdmissionRequest, lean: AdmissionRequest, policy: P
         raise InvariantBroken("admitting the mutated pod again changed it again")
 
 
-def _check_memo(body: bytes, recalled: Any) -> None:
-    if recalled is not None:
+def _check_memo(body: bytes, recalled: Answer | Unknown) -> None:
+    review = parse_review(body, pod_view=True)
+    if isinstance(recalled, Answer):
         stats["memo-recalled"] += 1
         if recalled.reply != _fresh(body):
             raise InvariantBroken("the memo recalled an answer that differs from a fresh decision")
-    review = parse_review(body, pod_view=True)
-    answered = memo.answer(body, review, ENFORCE, generation=1) if recalled is None else None
-    if answered is not None and answered.reply != _fresh(body, ENFORCE):
+    elif memo.answer(recalled, review, ENFORCE).reply != _fresh(body, ENFORCE):
         raise InvariantBroken("the memo's first answer differs from a fresh decision")
     uid = review.request.uid
     if re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", uid) and body.count(f'"uid":"{uid}"'.encode()) == 1:
         other = body.replace(f'"uid":"{uid}"'.encode(), b'"uid":"fuzz-other-uid"')
         again = memo.recall(other, generation=1)
-        if again is not None:
+        if isinstance(again, Answer):
             stats["memo-recalled-other-uid"] += 1
             if again.reply != _fresh(other, ENFORCE):
                 raise InvariantBroken("the memo's answer for another uid differs from a fresh decision")

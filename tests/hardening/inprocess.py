@@ -1,13 +1,15 @@
-"""The real webhook app, served from a thread of this process so synchronous tests (hypothesis) can call it.
+"""Real aiohttp apps served from a thread of this process, so synchronous tests (hypothesis) can call them.
 
-`InProcessServer` builds the app with `webhook.app.create_app`, exactly as `gpuguard webhook` does, and serves it
-on 127.0.0.1 from an event loop on a background thread: plain HTTP by default (the properties are about the
-handlers, not TLS), or HTTPS with a `ReloadingCertificate`.
+`ServedApp` serves any app on 127.0.0.1 from an event loop on a background thread (its cleanup contexts run as in
+the real server). `InProcessServer` builds the webhook app with `webhook.app.create_app`, exactly as
+`gpuguard webhook` does: plain HTTP by default (the properties are about the handlers, not TLS), or HTTPS with a
+`ReloadingCertificate`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,26 +25,18 @@ from webhook.app import create_app
 from webhook.settings import WebhookSettings
 
 
-class InProcessServer:
-    def __init__(self, policy: Policy | None = None, *, policy_path: Path | None = None,
-                 certificate: ReloadingCertificate | None = None, **settings: Any) -> None:
-        self.registry = CollectorRegistry()
-        self.settings = WebhookSettings(host="127.0.0.1", port=0, policy_path=policy_path, **settings)
-        self.policy = PolicySource(policy_path, registry=self.registry)
-        if policy is not None:
-            self.policy.policy = policy
-        self.certificate = certificate
-        self.app = create_app(self.settings, policy=self.policy, registry=self.registry, certificate=certificate,
-                              serve_metrics=True)
+class ServedApp:
+    def __init__(self, app: web.Application, context: ssl.SSLContext | None = None) -> None:
+        self.app = app
+        self.context = context
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="webhook", daemon=True)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="served-app", daemon=True)
         self._runners: list[web.AppRunner] = []
         self.port = 0
 
-    def __enter__(self) -> InProcessServer:
+    def __enter__(self) -> ServedApp:
         self._thread.start()
-        context = self.certificate.context if self.certificate else None
-        listener = serving.Listener(self.app, "127.0.0.1", 0, context)
+        listener = serving.Listener(self.app, "127.0.0.1", 0, self.context)
         self._runners = asyncio.run_coroutine_threadsafe(serving.start([listener]), self.loop).result(30)
         self.port = int(self._runners[0].addresses[0][1])
         return self
@@ -61,6 +55,24 @@ class InProcessServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+class InProcessServer(ServedApp):
+    def __init__(self, policy: Policy | None = None, *, policy_path: Path | None = None,
+                 certificate: ReloadingCertificate | None = None, **settings: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.settings = WebhookSettings(host="127.0.0.1", port=0, policy_path=policy_path, **settings)
+        self.policy = PolicySource(policy_path, registry=self.registry)
+        if policy is not None:
+            self.policy.policy = policy
+        self.certificate = certificate
+        app = create_app(self.settings, policy=self.policy, registry=self.registry, certificate=certificate,
+                         serve_metrics=True)
+        super().__init__(app, certificate.context if certificate else None)
+
+    def __enter__(self) -> InProcessServer:
+        super().__enter__()
+        return self
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0

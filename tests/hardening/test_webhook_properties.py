@@ -28,7 +28,7 @@ from tests.conftest import policy_with
 from tests.hardening.inprocess import InProcessServer
 from tests.strategies import kserve
 from tests.strategies.profiles import fewer
-from webhook.memo import MutationMemo
+from webhook.memo import Answer, MutationMemo
 from webhook.review import mutate, validate
 
 ALL_OVERRIDES = ["gpu-count", "mig-profile", "gpu-product", "sharing", "skip"]
@@ -157,10 +157,10 @@ def fresh(body: bytes, policy: Policy) -> bytes:
 
 def ask(memo: MutationMemo, body: bytes, policy: Policy) -> bytes:
     """What the server does: recall a repeat before parsing, else parse (lean) and decide."""
-    remembered = memo.recall(body, generation=1)
-    if remembered is not None:
-        return remembered.reply
-    return memo.answer(body, parse_review(body, pod_view=True), policy, generation=1).reply
+    recalled = memo.recall(body, generation=1)
+    if isinstance(recalled, Answer):
+        return recalled.reply
+    return memo.answer(recalled, parse_review(body, pod_view=True), policy).reply
 
 
 @given(data=st.data(), review=kserve.pod_reviews(realistic=False, in_scope=None), policy=policies,
@@ -173,7 +173,7 @@ def test_the_memo_answers_byte_for_byte_as_a_fresh_decision(
     assert ask(memo, first, policy) == fresh(first, policy)
     review["request"]["uid"] = other_uid
     repeat = kserve.compact(review)
-    assert memo.recall(repeat, generation=1) is not None, "a repeat with another uid is recalled"
+    assert isinstance(memo.recall(repeat, generation=1), Answer), "a repeat with another uid is recalled"
     assert ask(memo, repeat, policy) == fresh(repeat, policy)
     for _ in range(3):
         changed = kserve.compact(data.draw(variants(review)))
