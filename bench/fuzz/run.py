@@ -1,6 +1,6 @@
 """Run a fuzz target under atheris (libFuzzer) for a fixed number of inputs and print what it found.
 
-    python bench/fuzz/run.py webhook --runs 1000000 [--seed 1] [--max-len 65536]
+    python bench/fuzz/run.py {webhook,extender} --runs 1000000 [--seed 1] [--max-len 65536]
 
 atheris is a bench tool, not a test dependency: `pip install atheris` into the same environment first. A target is a
 module under bench/fuzz/ with `test_one_input(data)`, `corpus()` (initial inputs), `DICTIONARY` (tokens libFuzzer
@@ -28,7 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench" / "fuzz" / "out"
-TARGETS = {"webhook": "bench.fuzz.webhook_target"}
+TARGETS = {"webhook": "bench.fuzz.webhook_target", "extender": "bench.fuzz.extender_target"}
 STATS_EVERY = 10_000
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, ValidationError, field_validator
 
 from gpuguard.policy.loading import format_path
 
@@ -52,6 +52,11 @@ class NodeList(WireModel):
     _raw: tuple[str, ...] | None = PrivateAttr(default=None)
     _whole: str | None = PrivateAttr(default=None)
     """The original text of the whole items array, while the list is unchanged."""
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value  # Go encodes a nil slice as null
 
     @classmethod
     def from_raw(cls, items: list[dict[str, Any]], raw: Sequence[str] | None, whole: str | None = None) -> NodeList:
@@ -226,14 +231,21 @@ def _node_list(text: str, start: int, known: KnownNodes | None) -> tuple[NodeLis
     whole: list[str] = []
 
     def member(key: str, at: int) -> int:
-        if key == "items" and text[at] == "[":
-            split = _split_compact(text, at, known) if known is not None else None
-            end = _items(text, at, items, raw) if split is None else split[2]
-            if split is not None:
-                items[:], raw[:] = split[0], split[1]
-            whole.append(text[at:end])
-            return end
-        _, end = _DECODER.raw_decode(text, at)
+        if key != "items":
+            return int(_DECODER.raw_decode(text, at)[1])
+        items.clear()  # a repeated key: the last one wins, as in any JSON decoder
+        raw.clear()
+        if text[at] != "[":
+            value, end = _DECODER.raw_decode(text, at)
+            if value is not None:  # null is Go's nil slice
+                raise ValueError(f"Nodes.items must be an array of Node objects, not {type(value).__name__}")
+            whole.append("[]")
+            return int(end)
+        split = _split_compact(text, at, known) if known is not None else None
+        end = _items(text, at, items, raw) if split is None else split[2]
+        if split is not None:
+            items[:], raw[:] = split[0], split[1]
+        whole.append(text[at:end])
         return end
 
     end = _object(text, start, member)

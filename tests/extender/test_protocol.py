@@ -71,6 +71,8 @@ def test_unknown_fields_anywhere_are_tolerated() -> None:
         (b'{"Pod": {}, "NodeNames": [1]}', "NodeNames[0]: Input should be a valid string"),
         (b'{"Pod": {}, "Nodes": {"items": [1]}}', "Nodes.items[0] is not an object"),
         (b'{"Pod": {}, "Nodes": "all"}', "Nodes: Input should be a valid dictionary"),
+        (b'{"Pod": {}, "Nodes": {"items": {}}}', "Nodes.items must be an array of Node objects, not dict"),
+        (b'{"Pod": {}, "Nodes": {"items": "n1"}}', "Nodes.items must be an array of Node objects, not str"),
     ],
 )
 def test_malformed_bodies_raise_a_message_naming_the_problem(body: bytes, message: str) -> None:
@@ -196,3 +198,18 @@ def test_a_request_whose_node_list_is_kept_whole_is_echoed_byte_for_byte() -> No
     reply = encode_filter_result(ExtenderFilterResult(nodes=args.nodes))
     original = body[body.index(b'"items":') + len(b'"items":'):body.rindex(b'},"NodeNames"')]
     assert original in reply
+
+
+@pytest.mark.parametrize("known", [None, {}])
+def test_a_repeated_items_key_keeps_only_the_last_list_as_json_does(known: dict[str, object] | None) -> None:
+    first, second = sample_nodes()[:2], sample_nodes()[2:]
+    body = compact_request(first)
+    repeated = body.replace(b'"items":[', b'"items":' + go_json(second) + b',"items":[', 1)
+    args = parse_args(repeated, known_nodes=known)  # type: ignore[arg-type]
+    assert args.nodes is not None and args.nodes.items == first
+    assert json.loads(encode_filter_result(ExtenderFilterResult(nodes=args.nodes)))["Nodes"]["items"] == first
+
+
+def test_null_items_is_an_empty_node_list_as_go_writes_a_nil_slice() -> None:
+    args = parse_args(b'{"Pod": {}, "Nodes": {"items": null}}')
+    assert args.nodes is not None and args.nodes.items == [] and args.candidate_names == []
