@@ -19,6 +19,7 @@ exercised. These must hold (a violation raises `InvariantBroken`, which libFuzze
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
 from collections import Counter
@@ -34,6 +35,7 @@ with atheris.instrument_imports(include=["gpuguard", "scheduler_ext"]):
         InvalidArgs,
         encode_filter_result,
         encode_priorities,
+        node_name,
         parse_args,
     )
     from gpuguard.k8s.cluster_state import ClusterStateFile
@@ -45,6 +47,7 @@ from pydantic import ValidationError
 
 from bench.fuzz import jsonfuzz
 
+logging.disable(logging.CRITICAL)  # the store reports every broken inventory annotation the fuzzer writes
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "extender"
 INVENTORY_TIME = 1772445600.0
@@ -59,15 +62,19 @@ class InvariantBroken(AssertionError):
     """A promise of the extender did not hold for this input."""
 
 
-def _store() -> tuple[InventoryStore, dict[str, dict[str, Any]]]:
-    objects = ClusterStateFile(DATA / "cluster.json").load()
+CLUSTER = ClusterStateFile(DATA / "cluster.json").load()
+CLUSTER_NODES = CLUSTER.nodes
+
+
+def _store() -> InventoryStore:
     store = InventoryStore(pods_known=True)
-    store.replace_nodes(objects.nodes.values())
-    store.replace_pods(objects.pods)
-    return store, objects.nodes
+    store.replace_nodes(CLUSTER.nodes.values())
+    store.replace_pods(CLUSTER.pods)
+    return store
 
 
-STORE, CLUSTER_NODES = _store()
+STORE = _store()
+"""The names-mode cache, shared by all inputs as in a running server (names requests never change it)."""
 stats: Counter[str] = Counter()
 
 
@@ -210,10 +217,12 @@ def _same(one: ExtenderArgs, other: ExtenderArgs | None) -> bool:
 def _check_decisions(args: ExtenderArgs) -> None:
     names = args.candidate_names
     if args.nodes is not None:
-        states = STORE.states_for_objects(args.nodes.items)
+        # A fresh store: its per-request memo trusts that a Node with the same resourceVersion is the same object, as
+        # Kubernetes guarantees, and the fuzzer edits Nodes without bumping it.
+        states = _store().states_for_objects(args.nodes.items)
         filtered = decide_filter(args, states, utilization={}, scheduling=SCHEDULING, now=NOW)
         hosts, scores = decide_priorities(args, states, utilization={}, scheduling=SCHEDULING, now=NOW)
-        objects = {str((item.get("metadata") or {}).get("name", "")): item for item in args.nodes.items}
+        objects = {node_name(item): item for item in args.nodes.items}
     else:
         filtered = decide_filter_names(args, STORE.index, utilization={}, scheduling=SCHEDULING, now=NOW)
         hosts, scores = decide_priorities_names(args, STORE.index, utilization={}, scheduling=SCHEDULING, now=NOW)
@@ -241,8 +250,8 @@ def _check_scores(names: Sequence[str], hosts: Sequence[str], scores: Sequence[i
 def _check_placement(args: ExtenderArgs, names: Sequence[str], reply: dict[str, Any]) -> list[str]:
     if args.nodes is not None:
         kept_items = reply["Nodes"]["items"]
-        kept = [str((item.get("metadata") or {}).get("name", "")) for item in kept_items]
-        by_name = {str((item.get("metadata") or {}).get("name", "")): item for item in args.nodes.items}
+        kept = [node_name(item) for item in kept_items]
+        by_name = {node_name(item): item for item in args.nodes.items}
         if len(by_name) == len(args.nodes.items) and any(by_name[n] != item for n, item in zip(kept, kept_items)):
             raise InvariantBroken("filter sent back Node objects that differ from the ones it was given")
     else:
@@ -263,18 +272,22 @@ def _check_no_wrong_keep(pod: Any, kept: Sequence[str], objects: dict[str, dict[
         node = objects.get(name)
         if not isinstance(node, dict):
             continue
-        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        allocatable = _child(_child(node, "status"), "allocatable")
         for resource, count in wanted.items():
-            have = allocatable.get(resource) if isinstance(allocatable, dict) else None
+            have = allocatable.get(resource)
             if isinstance(have, str) and PLAIN.fullmatch(have) and int(have) < count:
                 raise InvariantBroken(f"kept {name} with {have} {resource} for a pod asking {count}")
             if have is None and count:
                 raise InvariantBroken(f"kept {name}, which has no {resource}, for a pod asking {count}")
-        labels = (node.get("metadata") or {}).get("labels") or {}
-        has = labels.get(PRODUCT) if isinstance(labels, dict) else None
+        has = _child(_child(node, "metadata"), "labels").get(PRODUCT)
         if wanted and product and isinstance(has, str) and _base(has) != _base(product):
             raise InvariantBroken(f"kept {name} ({has}) for a pod that selects {product}")
         stats["keeps-checked"] += bool(wanted)
+
+
+def _child(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    value = parent.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _asked(pod: Any) -> tuple[dict[str, int], str | None]:
@@ -306,7 +319,7 @@ def _base(product: str) -> str:
 
 def _unchanged_cluster_nodes(args: ExtenderArgs) -> bool:
     items = args.nodes.items if args.nodes is not None else []
-    return all(CLUSTER_NODES.get(str((item.get("metadata") or {}).get("name"))) == item for item in items)
+    return all(CLUSTER_NODES.get(node_name(item)) == item for item in items)
 
 
 def _check_modes_agree(args: ExtenderArgs, full_reply: dict[str, Any]) -> None:

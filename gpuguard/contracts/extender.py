@@ -103,11 +103,17 @@ class ExtenderArgs(WireModel):
 
     @property
     def candidate_names(self) -> list[str]:
-        if self.node_names is not None:
-            return self.node_names
+        """The candidates, in order. A request carrying both lists is answered in full-Node mode (its reply must hold
+        Node objects), so the Nodes are the candidates then."""
         if self.nodes is not None:
-            return [str((item.get("metadata") or {}).get("name", "")) for item in self.nodes.items]
-        return []
+            return [node_name(item) for item in self.nodes.items]
+        return self.node_names or []
+
+
+def node_name(node: Mapping[str, Any]) -> str:
+    """A Node object's metadata.name, read the same way wherever the extender keys a node by it."""
+    metadata = node.get("metadata")
+    return str(metadata.get("name") or "") if isinstance(metadata, dict) else ""
 
 
 class ExtenderFilterResult(WireModel):

@@ -249,17 +249,23 @@ def largest_block(model_name: str, held: int) -> int:
     return 0
 
 
+MAX_GPUS_PER_NODE = 16
+"""No server board holds more GPUs (HGX carries 8, the largest chassis 16). Layout synthesis clamps larger claims (a
+broken label or device plugin) to this, so its work stays bounded whatever a Node object says."""
+
+
 def synthesize_layout(model: mig.GpuModel, counts: Mapping[str, int], *, gpus: int) -> tuple[MigGpu, ...]:
     """A plausible placement of `counts` instances per profile on `gpus` GPUs of `model`, when no agent reports one.
 
     Largest profiles first, each at the first free allowed start slot on the first GPU with room (the order the NVIDIA
-    MIG guide recommends creating them in). Instances that fit nowhere go on extra GPUs, so counts are never lost.
+    MIG guide recommends creating them in). Instances that fit nowhere go on extra GPUs, so counts are never lost,
+    up to what MAX_GPUS_PER_NODE GPUs could hold.
     """
     wanted = sorted(
-        ((p, counts[p.name]) for p in model.profiles if counts.get(p.name, 0) > 0),
+        ((p, min(counts[p.name], p.max_count * MAX_GPUS_PER_NODE)) for p in model.profiles if counts.get(p.name, 0) > 0),
         key=lambda item: (-item[0].memory_slices, item[0].name),
     )
-    rows: list[list[MigSlice]] = [[] for _ in range(max(gpus, 0))]
+    rows: list[list[MigSlice]] = [[] for _ in range(min(max(gpus, 0), MAX_GPUS_PER_NODE))]
     for profile, count in wanted:
         for _ in range(count):
             _place(rows, profile)

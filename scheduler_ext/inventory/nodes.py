@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gpuguard.contracts.extender import node_name
 from gpuguard.contracts.node_inventory import (
     ANNOTATION,
     GpuInventory,
@@ -51,7 +52,7 @@ class NodeFacts:
 
 def node_facts(node: dict[str, Any]) -> NodeFacts:
     metadata = mapping(node.get("metadata"))
-    name = str(metadata.get("name") or "")
+    name = node_name(node)
     labels = mapping(metadata.get("labels"))
     inventory, problem = _inventory(mapping(metadata.get("annotations")).get(ANNOTATION))
     product = str(labels.get(PRODUCT_LABEL) or "")

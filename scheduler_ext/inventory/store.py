@@ -16,8 +16,10 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gpuguard.contracts.extender import node_name
 from gpuguard.policy.gpuindex import GpuIndex
 from gpuguard.policy.gpustate import NodeGpuState, with_used
+from gpuguard.policy.podspec import mapping
 from scheduler_ext.inventory.nodes import NodeFacts, node_facts
 from scheduler_ext.inventory.pods import PodUsage, pod_key, pod_usage
 
@@ -74,8 +76,7 @@ class InventoryStore:
         previous, pod_versions = self._request_memo, self._pod_versions
         states = []
         for item in items:
-            metadata = item.get("metadata") or {}
-            name, version = metadata.get("name") or "", metadata.get("resourceVersion") or ""
+            name, version = node_name(item), str(mapping(item.get("metadata")).get("resourceVersion") or "")
             pods = pod_versions.get(name, 0)
             cached = previous.get(name)
             if cached is not None and version and cached[0] == version and cached[1] == pods:

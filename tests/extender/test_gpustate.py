@@ -19,6 +19,7 @@ from gpuguard.policy.gpustate import (
     largest_block,
     product_refusal,
     release,
+    MAX_GPUS_PER_NODE,
     synthesize_layout,
     with_used,
 )
@@ -144,6 +145,16 @@ def test_synthesized_layouts_use_the_catalog_start_slots(
         for s in gpu.slices:
             profile = found.profile(s.profile)
             assert profile is not None and s.start in profile.starts and s.size == profile.memory_slices
+
+
+def test_an_implausible_node_is_synthesized_in_bounded_time_and_size() -> None:
+    """A Node claiming a billion MIG instances on a billion GPUs (a broken device plugin, a hostile request) gets
+    at most what MAX_GPUS_PER_NODE GPUs could hold, at once, instead of hanging the extender."""
+    found = mig.model_named("H100-80GB")
+    assert found is not None
+    result = synthesize_layout(found, {"1g.10gb": 10**9, "3g.40gb": 2**63 - 1}, gpus=10**9)
+    assert len(result) <= 2 * MAX_GPUS_PER_NODE
+    assert sum(len(g.slices) for g in result) == (7 + 2) * MAX_GPUS_PER_NODE
 
 
 @pytest.mark.parametrize(

@@ -213,3 +213,9 @@ def test_a_repeated_items_key_keeps_only_the_last_list_as_json_does(known: dict[
 def test_null_items_is_an_empty_node_list_as_go_writes_a_nil_slice() -> None:
     args = parse_args(b'{"Pod": {}, "Nodes": {"items": null}}')
     assert args.nodes is not None and args.nodes.items == [] and args.candidate_names == []
+
+
+def test_a_request_with_both_lists_is_a_full_node_request() -> None:
+    nodes = sample_nodes()[:2]
+    args = parse_args(go_json({"Pod": {}, "NodeNames": ["elsewhere"], "Nodes": {"items": nodes}}))
+    assert args.candidate_names == [n["metadata"]["name"] for n in nodes]  # type: ignore[index]
