@@ -27,6 +27,7 @@ from gpuguard.contracts.extender import (
     encode_priorities,
     parse_args,
 )
+from gpuguard.web.logs import log_bug
 from gpuguard.web.policy_source import PolicySource
 from gpuguard.web.serving import add_metrics_route, add_probes
 from scheduler_ext import keys
@@ -106,8 +107,8 @@ async def handle_filter(request: web.Request) -> web.Response:
         outcome, result = "bad_request", ExtenderFilterResult(error=f"gpuguard: {_describe(error)}")
     except NotAnswerable as error:
         outcome, result = "error", ExtenderFilterResult(error=str(error))
-    except Exception:  # a bug must cost one answer, not the server
-        log.exception("internal error in /filter")
+    except Exception as error:  # a bug must cost one answer, not the server
+        log_bug(log, "internal error in /filter", error=error)
         outcome, result = "error", ExtenderFilterResult(error="gpuguard extender internal error; see its log")
     body = encode_filter_result(result)
     _observe(app, "filter", outcome, started)
@@ -128,8 +129,8 @@ async def handle_prioritize(request: web.Request) -> web.Response:
     except NotAnswerable as error:
         log.warning("prioritize answered with zero scores: %s", error)
         outcome, hosts, scores = "error", args.candidate_names, [0] * len(args.candidate_names)
-    except Exception:
-        log.exception("internal error in /prioritize; answering zero scores")
+    except Exception as error:
+        log_bug(log, "internal error in /prioritize; answering zero scores", error=error)
         outcome, hosts, scores = "error", args.candidate_names, [0] * len(args.candidate_names)
     body = encode_priorities(hosts, scores)
     _observe(app, "prioritize", outcome, started)
