@@ -169,6 +169,8 @@ def parse_args(body: bytes | str, *, known_nodes: KnownNodes | None = None) -> E
         fields = _top_level(text, known_nodes)
     except IndexError:
         raise InvalidArgs("the body ends before its JSON object is closed") from None
+    except RecursionError:
+        raise InvalidArgs("the body nests JSON deeper than any ExtenderArgs") from None
     except ValueError as error:
         raise InvalidArgs(f"the body is not an ExtenderArgs JSON object: {error}") from None
     try:

@@ -66,6 +66,7 @@ def test_unknown_fields_anywhere_are_tolerated() -> None:
         (b'{"Pod": {}', "ends before"),
         (b'{"Pod": {}} trailing', "unexpected data after"),
         (b"\xff\xfe", "not UTF-8"),
+        (b'{"Pod": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests JSON deeper"),
         (b'{"NodeNames": ["a"]}', "Pod: Field required"),
         (b'{"Pod": null, "NodeNames": ["a"]}', "Pod: Input should be a valid dictionary"),
         (b'{"Pod": {}, "NodeNames": [1]}', "NodeNames[0]: Input should be a valid string"),
