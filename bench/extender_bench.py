@@ -14,6 +14,10 @@ for each arrival so the cluster stays about half full. Latency is measured per c
 Full-Node mode (`nodeCacheCapable: false`): the same cluster's Node objects in every request; the first call builds
 every node's state, later calls reuse it for nodes whose resourceVersion did not change.
 
+Soak (60 s at 200 pods/s on 5,000 nodes; resident memory at the start and end of the load, and filter p99 in each
+half, show any growth): `python bench/extender_bench.py --nodes 5000 --gc tuned --rate 200 --seconds 60
+--full-nodes 0`.
+
 Timings vary with the machine's load (a shared 2-core box runs client, API server and extender at once): compare
 within one run.
 """
@@ -287,9 +291,12 @@ async def steady_load(url: str, server: FakeApiServer, mirror: Mirror, *, rate: 
             if gone:
                 server.delete("Pod", f"bench/{gone}")
         elapsed = time.perf_counter() - start
+    halves = {verb: [percentiles(t[: len(t) // 2])["p99_ms"], percentiles(t[len(t) // 2:])["p99_ms"]]
+              for verb, t in timings.items()}
     return {"pods": total, "achieved_pods_per_s": total / elapsed, "unschedulable": unschedulable,
             "mean_candidates": statistics.fmean(candidates), "start_lag_p99_ms": percentiles(lag)["p99_ms"],
-            "filter": percentiles(timings["filter"]), "prioritize": percentiles(timings["prioritize"])}
+            "filter": percentiles(timings["filter"]), "prioritize": percentiles(timings["prioritize"]),
+            "p99_by_half_ms": halves}
 
 
 def run_names(n: int, gc_mode: str, *, rate: float, seconds: float, seed: int) -> dict[str, Any]:
@@ -309,11 +316,11 @@ async def _run_names(n: int, gc_mode: str, *, rate: float, seconds: float, seed:
             process = await asyncio.to_thread(start_extender, ["--kubeconfig", str(kubeconfig), "--gc", gc_mode], port)
             ready_s = time.perf_counter() - loaded
             try:
-                cpu = _cpu_seconds(process.pid)
+                cpu, rss_start = _cpu_seconds(process.pid), _rss_mib(process.pid)
                 result = await steady_load(f"http://127.0.0.1:{port}", server, mirror, rate=rate, seconds=seconds,
                                            seed=seed)
                 result["server_cpu_ms_per_pod"] = (_cpu_seconds(process.pid) - cpu) * 1e3 / result["pods"]
-                result["rss_mib"] = _rss_mib(process.pid)
+                result["rss_mib"], result["rss_start_mib"] = _rss_mib(process.pid), rss_start
                 result["server"] = await server_histograms(f"http://127.0.0.1:{port}")
             finally:
                 process.terminate()
@@ -545,12 +552,14 @@ def summary(results: dict[str, Any]) -> str:
         return "\n".join(lines)
     lines += ["", "Over HTTP at a steady pod rate (client-measured latency per call):", "",
               "| nodes | gc | pods/s | candidates | filter p50 / p99 (ms) | prioritize p50 / p99 (ms) | "
-              "extender CPU ms/pod | RSS MiB |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+              "extender CPU ms/pod | RSS MiB start -> end | filter p99 1st / 2nd half |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["names"]:
         lines.append(f"| {r['nodes']} | {r['gc']} | {r['achieved_pods_per_s']:.0f} | {r['mean_candidates']:.0f} | "
                      f"{r['filter']['p50_ms']:.2f} / {r['filter']['p99_ms']:.2f} | "
                      f"{r['prioritize']['p50_ms']:.2f} / {r['prioritize']['p99_ms']:.2f} | "
-                     f"{r['server_cpu_ms_per_pod']:.2f} | {r['rss_mib']:.0f} |")
+                     f"{r['server_cpu_ms_per_pod']:.2f} | {r['rss_start_mib']:.1f} -> {r['rss_mib']:.1f} | "
+                     f"{r['p99_by_half_ms']['filter'][0]:.2f} / {r['p99_by_half_ms']['filter'][1]:.2f} |")
     full = results.get("full")
     if full:
         lines += ["", f"full-Node: {full['nodes']} nodes, request {full['request_mb']:.1f} MB, filter reply "
