@@ -89,7 +89,7 @@ def _pinned(cpu: int, command: list[str]) -> list[str]:
     return ["taskset", "-c", str(cpu), *command] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else command  # type: ignore[operator]
 
 
-def _wait_ready(port: int, context: ssl.SSLContext, timeout: float = 20.0) -> None:
+def wait_ready(port: int, context: ssl.SSLContext, timeout: float = 20.0) -> None:
     import socket
 
     deadline = time.monotonic() + timeout
@@ -189,7 +189,7 @@ def main() -> None:
             ensure_self_signed(tls_dir, default_sans(None, None))
         server = start_server(kind, port, tls_dir)
         try:
-            _wait_ready(port, ssl.create_default_context(cafile=str(tls_dir / "ca.crt")))
+            wait_ready(port, ssl.create_default_context(cafile=str(tls_dir / "ca.crt")))
             wrk(port, 2, workdir)  # warm-up
             results[kind] = wrk(port, args.seconds, workdir)
             if kind == "webhook":

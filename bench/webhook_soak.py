@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.webhook_bench import wait_ready  # noqa: E402
 from gpuguard.web.tls import default_sans, ensure_self_signed  # noqa: E402
 from webhook.settings import MAX_BODY_BYTES  # noqa: E402
 
@@ -116,19 +117,6 @@ def pinned(cpu: int, command: list[str]) -> list[str]:
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", str(cpu), *command]
     return command
-
-
-def wait_ready(port: int, ca: Path, timeout: float = 30.0) -> None:
-    context = ssl.create_default_context(cafile=str(ca))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
-                with context.wrap_socket(raw, server_hostname="localhost"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("the webhook did not come up")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -220,7 +208,7 @@ def main() -> None:
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=log_file,
     )
     try:
-        wait_ready(port, workdir / "tls" / "ca.crt")
+        wait_ready(port, ssl.create_default_context(cafile=str(workdir / "tls" / "ca.crt")))
         started_kib = rss_kib(server.pid)
         # Warm up at the target rates and calibrate: each connection sends every (delay + reply time), so the
         # reply time seen in the warm-up comes off the delay.

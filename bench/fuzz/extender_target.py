@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -99,21 +98,9 @@ def seeds() -> list[Any]:
 
 
 def _generated_pods(count: int) -> list[Any]:
-    from hypothesis import HealthCheck, given, settings
-
     from tests.strategies import kserve
 
-    collected: list[Any] = []
-
-    @settings(max_examples=count, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-    @given(kserve.predictor_pods(realistic=False, in_scope=None))
-    def collect(pod: Any) -> None:
-        collected.append(pod)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        collect()
-    return collected
+    return jsonfuzz.examples(kserve.predictor_pods(realistic=False, in_scope=None), count)
 
 
 SEEDS = seeds()

@@ -40,6 +40,25 @@ Focus = tuple[Any, ...]
 """A path pattern: each step a key, a tuple of candidate keys (the bytes pick one), or "*" (an existing child)."""
 
 
+def examples(strategy: Any, count: int) -> list[Any]:
+    """`count` examples drawn from a hypothesis strategy, the same ones on every run: seeds for `mutated_json`."""
+    import warnings
+
+    from hypothesis import HealthCheck, given, settings
+
+    collected: list[Any] = []
+
+    @settings(max_examples=count, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def collect(example: Any) -> None:
+        collected.append(example)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        collect()
+    return collected
+
+
 def mutated_json(fdp: atheris.FuzzedDataProvider, seeds: Sequence[Any], *, focus: Sequence[Focus] = (),
                  max_edits: int = 4) -> bytes:
     """A seed chosen by the bytes, edited by the bytes, serialized (sometimes with a repeated key).

@@ -22,7 +22,6 @@ import copy
 import decimal
 import json
 import re
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,23 +71,12 @@ def seeds() -> list[Any]:
 
 
 def _generated(count: int) -> list[Any]:
-    from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
     from tests.strategies import kserve
 
-    collected: list[Any] = []
-
-    @settings(max_examples=count, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-    @given(st.one_of(kserve.pod_reviews(realistic=False, in_scope=None), kserve.isvc_reviews(),
-                     kserve.pod_reviews(fractional_gpu=True)))
-    def collect(review: Any) -> None:
-        collected.append(review)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        collect()
-    return collected
+    return jsonfuzz.examples(st.one_of(kserve.pod_reviews(realistic=False, in_scope=None), kserve.isvc_reviews(),
+                                       kserve.pod_reviews(fractional_gpu=True)), count)
 
 
 SEEDS = seeds()

@@ -127,16 +127,25 @@ async def _ready(store: InventoryStore) -> bool:
 # --------------------------------------------------------------------------------------------------- properties
 
 
+any_args = st.booleans().flatmap(lambda full: extender_args(full_nodes=full))
+
+
+def ask(extender: Extender, path: str, body: bytes, answers: dict[str, Any]) -> Any:
+    """POST with the board holding what the extender's poller would make of these Prometheus answers."""
+    extender.board.nodes = snapshot(answers)
+    status, reply = extender.post(path, body)
+    note(json.dumps(reply)[:2000])
+    assert status == 200
+    return reply
+
+
 @fewer(2)
-@given(args=st.booleans().flatmap(lambda full: extender_args(full_nodes=full)), answers=prometheus_answers())
+@given(args=any_args, answers=prometheus_answers())
 def test_filter_answers_200_and_places_every_candidate_exactly_once(
     extender: Extender, args: tuple[bytes, list[str]], answers: dict[str, Any]
 ) -> None:
     body, names = args
-    extender.board.nodes = snapshot(answers)
-    status, reply = extender.post("/filter", body)
-    note(json.dumps(reply)[:2000])
-    assert status == 200
+    reply = ask(extender, "/filter", body, answers)
     assert set(reply) == {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}
     if reply["Error"]:
         assert reply["Error"].startswith("gpuguard cannot judge this pod: ")
@@ -155,15 +164,12 @@ def test_filter_answers_200_and_places_every_candidate_exactly_once(
 
 
 @fewer(2)
-@given(args=st.booleans().flatmap(lambda full: extender_args(full_nodes=full)), answers=prometheus_answers())
+@given(args=any_args, answers=prometheus_answers())
 def test_prioritize_scores_every_candidate_in_order_with_an_integer_from_0_to_10(
     extender: Extender, args: tuple[bytes, list[str]], answers: dict[str, Any]
 ) -> None:
     body, names = args
-    extender.board.nodes = snapshot(answers)
-    status, reply = extender.post("/prioritize", body)
-    note(json.dumps(reply))
-    assert status == 200
+    reply = ask(extender, "/prioritize", body, answers)
     assert [entry["Host"] for entry in reply] == names
     for entry in reply:
         assert type(entry["Score"]) is int and 0 <= entry["Score"] <= 10, entry
@@ -172,8 +178,7 @@ def test_prioritize_scores_every_candidate_in_order_with_an_integer_from_0_to_10
 
 
 @fewer(2)
-@given(body=st.booleans().flatmap(lambda full: extender_args(full_nodes=full)).flatmap(
-    lambda args: _malformed(args[0])))
+@given(body=any_args.flatmap(lambda args: _malformed(args[0])))
 def test_malformed_requests_get_an_error_in_the_protocols_channel(extender: Extender, body: bytes) -> None:
     status, reply = extender.post("/filter", body)
     assert status == 200 and reply["Error"].startswith("gpuguard: "), reply
