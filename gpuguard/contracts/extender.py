@@ -216,13 +216,20 @@ def _object(text: str, i: int, member: Callable[[str, int], int]) -> int:
         i = _expect(text, i, ",")
 
 
+class _NotNodes(ValueError):
+    """Valid JSON that is not a NodeList: refused only if no later repeat of the key replaces it."""
+
+
 def _top_level(text: str, known: KnownNodes | None) -> dict[str, Any]:
     fields: dict[str, Any] = {}
 
     def member(key: str, at: int) -> int:
         name = key.lower()
         if name == "nodes" and text[at] == "{":
-            fields[name], end = _node_list(text, at, known)
+            try:
+                fields[name], end = _node_list(text, at, known)
+            except _NotNodes as error:  # judged at the end: a repeated key may replace it
+                fields[name], end = error, int(_DECODER.raw_decode(text, at)[1])
             return end
         fields[name], end = _DECODER.raw_decode(text, at)
         return end
@@ -230,6 +237,8 @@ def _top_level(text: str, known: KnownNodes | None) -> dict[str, Any]:
     end = _object(text, _skip(text, 0), member)
     if _skip(text, end) != len(text):
         raise ValueError(f"unexpected data after the object at offset {end}")
+    if isinstance(fields.get("nodes"), _NotNodes):
+        raise fields["nodes"]
     return fields
 
 
@@ -237,26 +246,35 @@ def _node_list(text: str, start: int, known: KnownNodes | None) -> tuple[NodeLis
     items: list[dict[str, Any]] = []
     raw: list[str] = []
     whole: list[str] = []
+    wrong: list[str] = []
+    """Why the latest `items` is unusable; judged after the whole object, since a repeated key replaces it."""
 
     def member(key: str, at: int) -> int:
         if key != "items":
             return int(_DECODER.raw_decode(text, at)[1])
         items.clear()  # a repeated key: the last one wins, as in any JSON decoder
         raw.clear()
+        wrong.clear()
         if text[at] != "[":
             value, end = _DECODER.raw_decode(text, at)
             if value is not None:  # null is Go's nil slice
-                raise ValueError(f"Nodes.items must be an array of Node objects, not {type(value).__name__}")
+                wrong.append(f"Nodes.items must be an array of Node objects, not {type(value).__name__}")
             whole.append("[]")
             return int(end)
         split = _split_compact(text, at, known) if known is not None else None
-        end = _items(text, at, items, raw) if split is None else split[2]
+        try:
+            end = _items(text, at, items, raw) if split is None else split[2]
+        except _NotNodes as error:
+            wrong.append(str(error))
+            return int(_DECODER.raw_decode(text, at)[1])
         if split is not None:
             items[:], raw[:] = split[0], split[1]
         whole.append(text[at:end])
         return end
 
     end = _object(text, start, member)
+    if wrong:
+        raise _NotNodes(wrong[0])
     return NodeList.from_raw(items, raw, whole[-1] if whole else "[]"), end
 
 
@@ -312,7 +330,7 @@ def _items(text: str, i: int, items: list[dict[str, Any]], raw: list[str]) -> in
     while True:
         item, end = _DECODER.raw_decode(text, i)
         if not isinstance(item, dict):
-            raise ValueError(f"Nodes.items[{len(items)}] is not an object")
+            raise _NotNodes(f"Nodes.items[{len(items)}] is not an object")
         items.append(item)
         raw.append(text[i:end])
         i = _skip(text, end)

@@ -202,10 +202,14 @@ def test_a_request_whose_node_list_is_kept_whole_is_echoed_byte_for_byte() -> No
 
 
 @pytest.mark.parametrize("known", [None, {}])
-def test_a_repeated_items_key_keeps_only_the_last_list_as_json_does(known: dict[str, object] | None) -> None:
+@pytest.mark.parametrize("replaced", ["other-nodes", "not-objects", "not-a-list"])
+def test_a_repeated_items_key_keeps_only_the_last_list_as_json_does(
+    known: dict[str, object] | None, replaced: str
+) -> None:
     first, second = sample_nodes()[:2], sample_nodes()[2:]
+    earlier = {"other-nodes": go_json(second), "not-objects": b'["n1",2]', "not-a-list": b'"all"'}[replaced]
     body = compact_request(first)
-    repeated = body.replace(b'"items":[', b'"items":' + go_json(second) + b',"items":[', 1)
+    repeated = body.replace(b'"items":[', b'"items":' + earlier + b',"items":[', 1)
     args = parse_args(repeated, known_nodes=known)  # type: ignore[arg-type]
     assert args.nodes is not None and args.nodes.items == first
     assert json.loads(encode_filter_result(ExtenderFilterResult(nodes=args.nodes)))["Nodes"]["items"] == first
@@ -220,3 +224,16 @@ def test_a_request_with_both_lists_is_a_full_node_request() -> None:
     nodes = sample_nodes()[:2]
     args = parse_args(go_json({"Pod": {}, "NodeNames": ["elsewhere"], "Nodes": {"items": nodes}}))
     assert args.candidate_names == [n["metadata"]["name"] for n in nodes]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("order", ["bad-then-good", "good-then-bad"])
+def test_a_repeated_nodes_key_is_judged_by_its_last_value(order: str) -> None:
+    good, bad = {"items": sample_nodes()[:1]}, {"items": [1]}
+    first, last = (bad, good) if order == "bad-then-good" else (good, bad)
+    body = b'{"Pod":{},"Nodes":' + go_json(first) + b',"nodes":' + go_json(last) + b"}"
+    if order == "bad-then-good":
+        args = parse_args(body, known_nodes={})
+        assert args.nodes is not None and args.nodes.items == good["items"]
+    else:
+        with pytest.raises(InvalidArgs, match=r"Nodes.items\[0\] is not an object"):
+            parse_args(body)
