@@ -185,6 +185,10 @@ def _reference(body: bytes) -> ExtenderArgs | None:
     if not isinstance(document, dict):
         return None
     try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return None  # a lone surrogate escape: not text, no reply could carry it
+    try:
         return ExtenderArgs.model_validate({key.lower(): value for key, value in document.items()})
     except ValidationError:
         return None

@@ -173,12 +173,26 @@ def parse_args(body: bytes | str, *, known_nodes: KnownNodes | None = None) -> E
         raise InvalidArgs("the body nests JSON deeper than any ExtenderArgs") from None
     except ValueError as error:
         raise InvalidArgs(f"the body is not an ExtenderArgs JSON object: {error}") from None
+    if _has_lone_surrogate(text):
+        raise InvalidArgs("the body escapes a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
     try:
         return ExtenderArgs.model_validate(fields)
     except ValidationError as error:
         details = error.errors(include_url=False)
         problems = "; ".join(f"{_go_name(d['loc'])}: {d['msg']}" for d in details[:5])
         raise InvalidArgs(f"not an ExtenderArgs ({problems})") from None
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """Python's decoder accepts `"\\ud800"` alone, which no UTF-8 reply can carry (Go's decoder would have replaced
+    it). Bodies that escape anything in the surrogate range at all are rare, so only those are decoded again."""
+    if "\\ud" not in text and "\\uD" not in text:
+        return False
+    try:
+        json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _go_name(loc: Sequence[int | str]) -> str:

@@ -67,6 +67,7 @@ def test_unknown_fields_anywhere_are_tolerated() -> None:
         (b'{"Pod": {}} trailing', "unexpected data after"),
         (b"\xff\xfe", "not UTF-8"),
         (b'{"Pod": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests JSON deeper"),
+        (b'{"Pod": {}, "NodeNames": ["gpu-\\ud800"]}', "lone UTF-16 surrogate"),
         (b'{"NodeNames": ["a"]}', "Pod: Field required"),
         (b'{"Pod": null, "NodeNames": ["a"]}', "Pod: Input should be a valid dictionary"),
         (b'{"Pod": {}, "NodeNames": [1]}', "NodeNames[0]: Input should be a valid string"),
@@ -237,3 +238,8 @@ def test_a_repeated_nodes_key_is_judged_by_its_last_value(order: str) -> None:
     else:
         with pytest.raises(InvalidArgs, match=r"Nodes.items\[0\] is not an object"):
             parse_args(body)
+
+
+def test_escaped_surrogate_pairs_are_ordinary_text() -> None:
+    args = parse_args(b'{"Pod": {"metadata": {"name": "\\ud83d\\ude80"}}, "NodeNames": ["a"]}')
+    assert args.pod["metadata"]["name"] == "\U0001F680"

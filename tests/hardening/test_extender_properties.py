@@ -194,6 +194,7 @@ def _malformed(valid: bytes) -> st.SearchStrategy[bytes]:
     wrong_types = [kserve.compact({**document, pod_key: value}) for value in ([], "pod", 3)]
     wrong_types.append(kserve.compact({**document, "NodeNames": "gpu-a100-0"}))
     wrong_types.append(kserve.compact({**document, "nodes": {"items": [1, 2]}}))
+    wrong_types.append(kserve.compact({**document, "NodeNames": ["gpu-\ud800"]}))  # a lone surrogate: not text
     return st.one_of(
         st.binary(max_size=200).filter(lambda b: not _is_object(b)),
         st.integers(0, len(valid) - 1).map(lambda cut: valid[:cut]),
