@@ -4,16 +4,14 @@ Admission requests carry whole pods (environment variables, annotations, sometim
 and exception messages quote what they choke on: aiohttp's `LineTooLong` quotes the request line or a header value,
 a `KeyError` names a key from the body. So at the default level the services log what happened (the exception's
 type, where in the code, the request uid and object name, cut short and escaped), never an exception's message;
-`DEBUG` adds the whole exception for someone debugging on purpose. `HTTP_LOG` is the logger the servers hand to
-aiohttp in place of `aiohttp.server`, with that rule applied to aiohttp's own lines.
+`DEBUG` adds the whole exception for someone debugging on purpose. The standard library alone: the node agent, which
+serves without aiohttp, logs through it too (`gpuguard.web.serving.HTTP_LOG` applies the rule to aiohttp's lines).
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-
-from aiohttp.http_exceptions import HttpProcessingError
 
 MAX_FIELD = 256
 """Characters of one identifier (uid, namespace/name) a log line keeps."""
@@ -37,25 +35,3 @@ def log_bug(logger: logging.Logger, message: str, *args: object, error: BaseExce
     """An unexpected exception: its stack at ERROR, the exception itself only at DEBUG."""
     logger.error(f"{message}: %s", *args, stack_only(error))
     logger.debug(message, *args, exc_info=error)
-
-
-class WithoutRequestContent(logging.Filter):
-    """Rewrites aiohttp's "Error handling request" records: the line stays, the quoted request content goes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if error is None:
-            return True
-        if isinstance(error, HttpProcessingError):
-            detail = f"refused with HTTP {error.code} ({type(error).__name__})"
-        elif isinstance(error, ConnectionError):
-            detail = "the client went away"
-        else:
-            detail = stack_only(error)
-        record.msg, record.args = f"{record.getMessage()}: {detail}", None
-        record.exc_info, record.exc_text = None, None
-        return True
-
-
-HTTP_LOG = logging.getLogger("gpuguard.web.http")
-HTTP_LOG.addFilter(WithoutRequestContent())

@@ -16,14 +16,37 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from gpuguard.web.logs import HTTP_LOG
+from gpuguard.web.logs import stack_only
 
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], bool]
+
+
+class WithoutRequestContent(logging.Filter):
+    """Rewrites aiohttp's "Error handling request" records: the line stays, the quoted request content goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            return True
+        if isinstance(error, HttpProcessingError):
+            detail = f"refused with HTTP {error.code} ({type(error).__name__})"
+        elif isinstance(error, ConnectionError):
+            detail = "the client went away"
+        else:
+            detail = stack_only(error)
+        record.msg, record.args = f"{record.getMessage()}: {detail}", None
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+HTTP_LOG = logging.getLogger("gpuguard.web.http")
+HTTP_LOG.addFilter(WithoutRequestContent())
 
 
 @dataclass(frozen=True, slots=True)
