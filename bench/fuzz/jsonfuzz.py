@@ -40,6 +40,17 @@ Focus = tuple[Any, ...]
 """A path pattern: each step a key, a tuple of candidate keys (the bytes pick one), or "*" (an existing child)."""
 
 
+RAW_STARTS = (b"{", b"[", b" ", b"\n", b'"', b"")
+"""Inputs that start like JSON are bodies as they are; any other input drives the structured mode."""
+
+
+def body_of(data: bytes, seeds: Sequence[Any], *, focus: Sequence[Focus] = ()) -> tuple[bytes, bool]:
+    """The request body a fuzz input stands for, and whether it came from the structured mode."""
+    if data[:1] in RAW_STARTS:
+        return data, False
+    return mutated_json(atheris.FuzzedDataProvider(data), seeds, focus=focus), True
+
+
 def examples(strategy: Any, count: int) -> list[Any]:
     """`count` examples drawn from a hypothesis strategy, the same ones on every run: seeds for `mutated_json`."""
     import warnings

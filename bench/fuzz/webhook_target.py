@@ -125,17 +125,10 @@ DICTIONARY = (
 )
 
 
-RAW_STARTS = (b"{", b"[", b" ", b"\n", b'"', b"")
-"""Inputs that start like JSON are bodies as they are; any other input drives the structured mode."""
-
-
 def test_one_input(data: bytes) -> None:
+    body, structured = jsonfuzz.body_of(data, SEEDS, focus=FOCUS)
     stats["inputs"] += 1
-    if data[:1] in RAW_STARTS:
-        body = data
-    else:
-        stats["structured"] += 1
-        body = jsonfuzz.mutated_json(atheris.FuzzedDataProvider(data), SEEDS, focus=FOCUS)
+    stats["structured"] += structured
     check(body)
 
 
