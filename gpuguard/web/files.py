@@ -16,7 +16,8 @@ from pathlib import Path
 
 
 class FileRefused(OSError):
-    """The path is not a regular file, or is larger than the reader accepts; the message says which."""
+    """The path is not a regular file, or is larger than the reader accepts; the message says which (not the path:
+    callers say which file they were reading)."""
 
 
 def read_regular_file(path: Path, *, limit: int) -> bytes:
@@ -25,15 +26,15 @@ def read_regular_file(path: Path, *, limit: int) -> bytes:
     try:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
-            raise FileRefused(f"{path} is {_kind(info.st_mode)}, not a regular file")
+            raise FileRefused(f"{_kind(info.st_mode)}, not a regular file")
         if info.st_size > limit:
-            raise FileRefused(f"{path} is {info.st_size} bytes; at most {limit} are read")
+            raise FileRefused(f"{info.st_size} bytes, more than the {limit} read at most")
         with os.fdopen(descriptor, "rb", closefd=False) as handle:
             data = handle.read(limit + 1)  # a file still growing after fstat is cut here, not read to its end
     finally:
         os.close(descriptor)
     if len(data) > limit:
-        raise FileRefused(f"{path} grew past {limit} bytes while it was read")
+        raise FileRefused(f"grew past the {limit} bytes read at most while it was read")
     return data
 
 
