@@ -64,10 +64,11 @@ def test_python_m_node_agent_runs_the_nvml_backend_end_to_end(run_agent: RunAgen
     assert [g.uuid for g in stored.gpus] == [g["uuid"] for g in config["gpus"]]
     assert [d.profile for d in stored.gpus[0].mig.devices] == ["1g.10gb+me", "1g.20gb", "3g.40gb"]
     assert stored.driver == "550.54.15"
-    assert metadata["labels"][LABEL].startswith("gpuguard-ts4-")
+    assert LABEL not in metadata["labels"], "a one-shot run writes the entry and leaves the label for the kubelet"
 
 
-def test_against_an_api_server_the_entry_is_written_before_the_label(run_agent: RunAgent, tmp_path: Path) -> None:
+def test_against_an_api_server_the_entry_is_written_and_the_label_left_for_later(run_agent: RunAgent,
+                                                                                 tmp_path: Path) -> None:
     with FakeApiServer(NODES) as server:
         kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
         result = run_agent(["--node-name", "t4-node", "--fake-gpus", str(EXAMPLES / "t4.yaml"),
@@ -79,8 +80,7 @@ def test_against_an_api_server_the_entry_is_written_before_the_label(run_agent: 
     assert writes == [
         ("PATCH", "/api/v1/nodes/t4-node", []),  # the annotation
         ("POST", "/api/v1/namespaces/gpu-operator/configmaps", ["app.kubernetes.io/managed-by"]),
-        ("PATCH", "/api/v1/nodes/t4-node", [LABEL]),
-    ]
+    ]  # no label yet: the kubelet may not have projected the new entry into the device plugin's volume
     assert parse_inventory(node["metadata"]["annotations"][ANNOTATION]).gpus[0].product == "Tesla-T4"
 
 
