@@ -81,3 +81,40 @@ class InProcessServer(ServedApp):
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
+
+
+class InProcessExtender(ServedApp):
+    """The extender app as `gpuguard extender --cluster-state` builds it, on the cluster in tests/data/extender."""
+
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        from scheduler_ext.app import create_app as create_extender
+        from scheduler_ext.inventory.sources import ClusterStateSource
+        from scheduler_ext.inventory.store import InventoryStore
+        from scheduler_ext.settings import ExtenderSettings
+        from scheduler_ext.utilization import UtilizationBoard
+        from tests.extender.conftest import CLUSTER, INVENTORY_TIME, policy_text
+
+        policy = tmp / "policy.yaml"
+        policy.write_text(policy_text())
+        cluster = tmp / "cluster.json"
+        cluster.write_bytes(CLUSTER.read_bytes())
+        self.settings = ExtenderSettings(cluster_state=cluster, policy_path=policy, reload_interval=60,
+                                         state_interval=60, **settings)
+        self.registry = CollectorRegistry()
+        self.store = InventoryStore(pods_known=True)
+        source = ClusterStateSource(cluster, self.store)
+        app = create_extender(self.settings, policy=PolicySource(policy, registry=self.registry),
+                              registry=self.registry, store=self.store, board=UtilizationBoard(),
+                              serve_metrics=False, clock=lambda: INVENTORY_TIME + 30,
+                              background=[lambda _: source.running(self.settings.state_interval)])
+        super().__init__(app, limits=self.settings.connections)
+
+    def __enter__(self) -> InProcessExtender:
+        super().__enter__()
+
+        async def synced() -> None:
+            while not self.store.ready:
+                await asyncio.sleep(0.01)
+
+        asyncio.run_coroutine_threadsafe(synced(), self.loop).result(30)
+        return self
