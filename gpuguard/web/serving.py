@@ -155,6 +155,7 @@ async def start(listeners: Sequence[Listener], *, registry: CollectorRegistry | 
             runner = web.AppRunner(
                 listener.app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout,
                 logger=HTTP_LOG, keepalive_timeout=listener.limits.idle_timeout, auto_decompress=False,
+                lingering_time=lingering_time(listener.limits),
             )
             await runner.setup()
             runners.append(runner)
@@ -168,6 +169,16 @@ async def start(listeners: Sequence[Listener], *, registry: CollectorRegistry | 
             await runner.cleanup()
         raise
     return runners
+
+
+LINGERING_TIME = 10.0
+"""aiohttp's own default: after answering a request whose body it did not read whole (a 413, a 408), the rest of
+the body is read and dropped for this long, so a client still sending can read the answer before the close."""
+
+
+def lingering_time(limits: ConnectionLimits) -> float:
+    """Never longer than the body timeout: a client that sends slower than that has had its answer."""
+    return min(LINGERING_TIME, limits.body_timeout)
 
 
 GC_THRESHOLDS = (50_000, 50, 100)
