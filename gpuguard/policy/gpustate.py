@@ -25,16 +25,11 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 
 from gpuguard.policy import mig
-from gpuguard.policy.podspec import (
-    JsonObject,
-    is_gpu_resource,
-    mapping,
-    sequence,
-    spec_of,
-)
-from gpuguard.policy.quantity import whole_number
+from gpuguard.policy.demand import pod_demand
+from gpuguard.policy.podspec import JsonObject, mapping, sequence, spec_of
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
+SHARING_LABEL = "nvidia.com/gpu.sharing-strategy"
 WHOLE_GPU = "nvidia.com/gpu"
 PERCENT_STEP = 5.0
 """Utilization is compared in 5 % steps: the node agent rounds to 5 %, and smaller differences are noise."""
@@ -73,6 +68,9 @@ class GpuRequest:
     """Required node-affinity terms, reduced to the product key; empty when affinity does not mention it."""
     problem: str = ""
     """Why the request cannot be judged (a GPU quantity that is not a whole number); empty when fine."""
+    avoid_sharing: frozenset[str] = frozenset()
+    """`nvidia.com/gpu.sharing-strategy` values the pod's required node affinity excludes in every term (whole-GPU
+    pods exclude time-slicing and mps); a node without the label is never excluded, as with NotIn."""
 
     @property
     def wants_gpu(self) -> bool:
@@ -83,51 +81,17 @@ class GpuRequest:
 
 
 def gpu_request(pod: JsonObject) -> GpuRequest:
-    """The pod's effective GPU requests and GPU-product constraints.
-
-    Effective request per resource, as kube-scheduler computes it: the larger of (all app containers plus sidecar init
-    containers) and the peak of any one regular init container plus the sidecars started before it. A container's
-    request defaults to its limit (extended resources must set them equal anyway).
-    """
+    """The pod's effective GPU requests (its `GpuDemand`, counted as kube-scheduler counts them) and GPU-product and
+    sharing constraints."""
+    demand = pod_demand(pod)
     spec = spec_of(pod)
-    totals: dict[str, int] = {}
-    problems: list[str] = []
-    sidecars: dict[str, int] = {}
-    init_peak: dict[str, int] = {}
-    for container in map(mapping, sequence(spec.get("initContainers"))):
-        wanted = _container_gpus(container, problems)
-        if container.get("restartPolicy") == "Always":
-            _add(sidecars, wanted)
-        else:
-            for name, n in wanted.items():
-                init_peak[name] = max(init_peak.get(name, 0), n + sidecars.get(name, 0))
-    for container in map(mapping, sequence(spec.get("containers"))):
-        _add(totals, _container_gpus(container, problems))
-    _add(totals, sidecars)
-    for name, n in init_peak.items():
-        totals[name] = max(totals.get(name, 0), n)
     return GpuRequest(
-        resources=tuple(sorted((k, v) for k, v in totals.items() if v > 0)),
+        resources=demand.resources,
         product=_selected_product(spec),
         product_terms=_product_terms(spec),
-        problem="; ".join(problems),
+        problem="; ".join(demand.problems),
+        avoid_sharing=_avoided_sharing(spec),
     )
-
-
-def _container_gpus(container: JsonObject, problems: list[str]) -> dict[str, int]:
-    resources = mapping(container.get("resources"))
-    limits, requests = mapping(resources.get("limits")), mapping(resources.get("requests"))
-    wanted: dict[str, int] = {}
-    for name in {**limits, **requests}:
-        if not is_gpu_resource(name):
-            continue
-        raw = requests.get(name, limits.get(name))
-        count = whole_number(raw)
-        if count is None:
-            problems.append(f"container {container.get('name')!r} asks for {raw!r} {name}, not a whole number")
-            continue
-        wanted[name] = count
-    return wanted
 
 
 def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
@@ -149,6 +113,22 @@ def _product_terms(spec: JsonObject) -> tuple[ProductTerm, ...]:
     return tuple(t for t in terms if t is not None)
 
 
+def _avoided_sharing(spec: JsonObject) -> frozenset[str]:
+    """Sharing strategies every required node-affinity term excludes with NotIn (terms are ORed)."""
+    affinity = mapping(mapping(spec.get("affinity")).get("nodeAffinity"))
+    terms = sequence(mapping(affinity.get("requiredDuringSchedulingIgnoredDuringExecution")).get("nodeSelectorTerms"))
+    avoided: frozenset[str] | None = None
+    for term in map(mapping, terms):
+        excluded = frozenset(
+            str(v)
+            for e in map(mapping, sequence(term.get("matchExpressions")))
+            if e.get("key") == SHARING_LABEL and e.get("operator") == "NotIn"
+            for v in sequence(e.get("values"))
+        )
+        avoided = excluded if avoided is None else avoided & excluded
+    return avoided or frozenset()
+
+
 def _product_term(term: JsonObject) -> ProductTerm | None:
     allowed: frozenset[str] | None = None
     denied: frozenset[str] = frozenset()
@@ -167,6 +147,13 @@ def _product_term(term: JsonObject) -> ProductTerm | None:
         elif operator in ("Exists", "DoesNotExist"):
             exists = operator == "Exists"
     return ProductTerm(allowed, denied, exists) if found else None
+
+
+def sharing_refusal(request: GpuRequest, sharing: str) -> str | None:
+    """Why a node with this `nvidia.com/gpu.sharing-strategy` cannot take the pod, or None."""
+    if sharing and sharing in request.avoid_sharing:
+        return f"node's GPUs are shared ({SHARING_LABEL}={sharing}); the pod needs GPUs of its own"
+    return None
 
 
 def product_refusal(request: GpuRequest, product: str) -> str | None:
@@ -374,6 +361,8 @@ class NodeGpuState:
     """Utilization from the node agent's annotation, used when Prometheus has nothing fresh for this node."""
     held: tuple[tuple[bool, ...], ...] | None = None
     """Which MIG instances pods hold, per GPU and slice; None: derive from `used` and the agent's busy flags."""
+    sharing: str = ""
+    """The node's `nvidia.com/gpu.sharing-strategy` label (time-slicing, mps, none; "" if absent)."""
     free: Mapping[str, int] = field(init=False)
     mig_binpack: Mapping[str, MigChoice] = field(init=False)
     """Per profile: the free instance packing would take (fewest free slots left on its GPU, then largest block)."""

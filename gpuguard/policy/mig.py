@@ -154,6 +154,11 @@ def model_named(name: str) -> GpuModel | None:
     return next((m for m in CATALOG if m.name == name), None)
 
 
+def models_offering(profile: str) -> tuple[GpuModel, ...]:
+    """Every catalogued model with a profile of this name (names repeat across models with different geometry)."""
+    return tuple(m for m in CATALOG if m.profile(profile) is not None)
+
+
 @cache
 def all_profile_names() -> tuple[str, ...]:
     """Every profile any catalogued model offers, sorted and without duplicates."""

@@ -215,6 +215,19 @@ class TimeSlicing(PolicyModel):
     nodes: tuple[TimeSlicingNodes, ...] = ()
 
 
+class ExternallyManaged(PolicyModel):
+    """Pods whose GPUs something else hands out: DRA claims, KAI-Scheduler, HAMi, or a scheduler listed here."""
+
+    schedulers: tuple[str, ...] = ("kai-scheduler", "hami-scheduler")
+    """`spec.schedulerName` values of GPU schedulers that place their own pods (KAI-Scheduler's and HAMi's defaults)."""
+    mutation: Literal["none", "placement"] = "none"
+    """none: leave the pod as it is (only `gpuguard.io/applied` says why); placement: also add the tolerations, node
+    selector and Triton annotations, never a GPU or the scheduler."""
+    validation: Literal["all", "deviceAccess"] = "all"
+    """all: judge them like every pod (a scheduler name must not lift the limits); deviceAccess: judge only
+    privileged containers and GPUs reached without a request, leaving counts to the other scheduler."""
+
+
 class Policy(PolicyModel):
     api_version: Literal["gpuguard.io/v1"]
     kind: Literal["GpuPolicy"]
@@ -228,3 +241,7 @@ class Policy(PolicyModel):
     """Which gpuguard.io/* annotations users may set; none unless the admin lists them."""
     scheduling: Scheduling = Scheduling()
     time_slicing: TimeSlicing = TimeSlicing()
+    gpu_resource_types: tuple[str, ...] = ()
+    """Extended resources that are GPUs on this cluster besides the built-in NVIDIA, AMD, Intel and Gaudi names (like
+    KServe's `customGPUResourceTypeList`); counted and judged as GPUs, one device each."""
+    externally_managed: ExternallyManaged = ExternallyManaged()

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from fnmatch import fnmatchcase
 from typing import Any
 
 from gpuguard.policy import mig
 from gpuguard.policy.loading import PRODUCT_LABEL, unknown_profile_message
 from gpuguard.policy.model import (
+    ExternallyManaged,
     GpuSpec,
     Limits,
     Mode,
@@ -39,6 +41,7 @@ OVERRIDE_ANNOTATIONS: Mapping[UserOverride, str] = {
     "skip": SKIP_ANNOTATION,
 }
 DEFAULTS_RULE = "defaults"
+KNOWN_ANNOTATIONS = frozenset({*OVERRIDE_ANNOTATIONS.values(), APPLIED_ANNOTATION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,9 @@ class Problem:
     """`container 'kserve-container'`, `annotation gpuguard.io/gpu-count`, `predictor.model`."""
     message: str
     fix: str
+    code: str = "policy"
+    """What kind of problem: `quantity` for what kube-apiserver itself also refuses in a pod (extended resources that
+    are not whole numbers, requests that differ from limits), `policy` for what only gpuguard refuses."""
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}. Fix: {self.fix}"
@@ -71,7 +77,10 @@ class Effective:
     problems: tuple[Problem, ...] = ()
     """Invalid user annotations: validation refuses them, mutation ignores them."""
     notes: tuple[str, ...] = field(default=())
-    """Annotations that were ignored because policy does not let users set them."""
+    """Annotations that were ignored: not allowed by policy, or not gpuguard's (misspelt)."""
+    gpu_types: frozenset[str] = frozenset()
+    """The policy's extra GPU resource types (`gpuResourceTypes`)."""
+    external: ExternallyManaged = ExternallyManaged()
 
 
 def namespace_mode_and_limits(policy: Policy, namespace: str) -> tuple[Mode, Limits]:
@@ -131,6 +140,8 @@ def resolve(
         skip=overrides.skip,
         problems=tuple(overrides.problems),
         notes=tuple(overrides.notes),
+        gpu_types=frozenset(policy.gpu_resource_types),
+        external=policy.externally_managed,
     )
 
 
@@ -148,6 +159,7 @@ def _user_overrides(allowed: tuple[UserOverride, ...], annotations: Mapping[str,
     found = _Overrides()
     if not any(key.startswith(ANNOTATION_PREFIX) for key in annotations):
         return found  # the common case, kept cheap
+    found.notes += _unknown_annotation_notes(annotations)
     given = {kind: str(annotations[key]) for kind, key in OVERRIDE_ANNOTATIONS.items() if key in annotations}
     for kind in [k for k in given if k not in allowed]:
         found.notes.append(
@@ -164,6 +176,17 @@ def _user_overrides(allowed: tuple[UserOverride, ...], annotations: Mapping[str,
     found.product = given.get("gpu-product")
     found.skip = given.get("skip", "").lower() == "true"
     return found
+
+
+def _unknown_annotation_notes(annotations: Mapping[str, Any]) -> list[str]:
+    """A `gpuguard.io/*` key gpuguard does not read is almost always a typo; say so, with the likely key."""
+    notes = []
+    for key in annotations:
+        if key.startswith(ANNOTATION_PREFIX) and key not in KNOWN_ANNOTATIONS:
+            close = get_close_matches(key, sorted(KNOWN_ANNOTATIONS), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; gpuguard reads {', '.join(sorted(KNOWN_ANNOTATIONS))}"
+            notes.append(f"annotation {quoted(key)} is not one gpuguard reads and was ignored{hint}")
+    return notes
 
 
 def _gpu_from_annotation(kind: str, value: str, limits: Limits, problems: list[Problem]) -> GpuSpec | None:

@@ -15,14 +15,28 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from gpuguard.policy import mig
-from gpuguard.policy.gpustate import GpuRequest, GpuSample, MigGpu, MigSlice, NodeGpuState, NodeUtilization
+from gpuguard.policy.gpustate import (
+    GpuRequest,
+    GpuSample,
+    MigGpu,
+    MigSlice,
+    NodeGpuState,
+    NodeUtilization,
+    gpu_request,
+)
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 A100 = "NVIDIA-A100-SXM4-80GB"
+T4 = "Tesla-T4"
 T4_SHARED = "Tesla-T4-SHARED"
+"""GPU Feature Discovery's product label on a time-sliced node (renameByDefault: false)."""
 GPU = "nvidia.com/gpu"
+PRODUCT = "nvidia.com/gpu.product"
+SHARING = "nvidia.com/gpu.sharing-strategy"
+NOT_SHARED = {"key": SHARING, "operator": "NotIn", "values": ["time-slicing", "mps"]}
 BACKGROUND = (5.0, 20.0, 40.0, 60.0, 85.0)
 NODE_MIX = (("h100", 0.40), ("a100", 0.20), ("h100-mig", 0.25), ("t4", 0.15))
 
@@ -80,7 +94,7 @@ def _node(kind: str, name: str) -> NodeGpuState:
     if kind == "a100":
         return NodeGpuState(name, A100, {GPU: 8}, {}, physical_gpus=8)
     if kind == "t4":
-        return NodeGpuState(name, T4_SHARED, {GPU: 16}, {}, physical_gpus=4)
+        return NodeGpuState(name, T4_SHARED, {GPU: 16}, {}, physical_gpus=4, sharing="time-slicing")
     return _mig_node(name)
 
 
@@ -111,11 +125,27 @@ def build_trace(pods: int, seed: int, *, lifetime: float = 900.0) -> tuple[SimPo
 
 
 def _request(kind: str, rnd: random.Random) -> GpuRequest:
+    """The request of a pod shaped as gpuguard's webhook admits it, read through the same GPU-demand model the
+    extender uses (so the simulator and the extender can never count a pod differently)."""
     if kind == "llm":
         count = rnd.choices((1, 2, 4, 8), (10, 8, 12, 10))[0]
         product = H100 if rnd.random() < 0.7 else A100
-        return GpuRequest(((GPU, count),), product=product)
+        return gpu_request(admitted_pod({GPU: count}, {PRODUCT: product}, [NOT_SHARED]))
     if kind == "mig":
         profile = rnd.choices(("1g.10gb", "2g.20gb", "3g.40gb"), (30, 10, 5))[0]
-        return GpuRequest(((mig.mig_resource_name(profile), 1),), product=H100)
-    return GpuRequest(((GPU, 1),), product=T4_SHARED)
+        return gpu_request(admitted_pod({mig.mig_resource_name(profile): 1}, {PRODUCT: H100}, []))
+    shared_t4 = {"key": PRODUCT, "operator": "In", "values": [T4, T4_SHARED]}
+    return gpu_request(admitted_pod({GPU: 1}, {SHARING: "time-slicing"}, [shared_t4]))
+
+
+def admitted_pod(limits: dict[str, int], selector: dict[str, str], expressions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A predictor pod after admission: the GPU on kserve-container, the node selector and required affinity."""
+    spec: dict[str, Any] = {
+        "containers": [{"name": "kserve-container", "resources": {"limits": {k: str(v) for k, v in limits.items()}}},
+                       {"name": "queue-proxy"}],
+        "nodeSelector": selector,
+    }
+    if expressions:
+        spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": expressions}]}}}
+    return {"apiVersion": "v1", "kind": "Pod", "spec": spec}

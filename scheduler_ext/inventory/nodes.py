@@ -23,6 +23,7 @@ from gpuguard.contracts.node_inventory import (
 from gpuguard.policy import mig
 from gpuguard.policy.gpustate import (
     PRODUCT_LABEL,
+    SHARING_LABEL,
     WHOLE_GPU,
     GpuSample,
     MigGpu,
@@ -31,8 +32,9 @@ from gpuguard.policy.gpustate import (
     NodeUtilization,
     synthesize_layout,
 )
-from gpuguard.policy.podspec import is_gpu_resource, mapping
+from gpuguard.policy.podspec import mapping
 from gpuguard.policy.quantity import whole_number
+from gpuguard.policy.resources import is_gpu_resource
 
 STRATEGY_LABEL = "nvidia.com/mig.strategy"
 COUNT_LABEL = "nvidia.com/gpu.count"
@@ -68,6 +70,7 @@ def node_facts(node: dict[str, Any]) -> NodeFacts:
         physical_gpus=physical,
         mig_single=labels.get(STRATEGY_LABEL) == "single",
         reported=_reported(inventory),
+        sharing=str(labels.get(SHARING_LABEL) or ""),
     )
     return NodeFacts(name, str(metadata.get("resourceVersion") or ""), state, problem)
 

@@ -20,6 +20,7 @@ IN_SCOPE = [
     "review-standard-vllm.json",
     "review-standard-huggingface.json",
     "review-knative-sklearn.json",
+    "review-knative-small-model.json",
     "review-standard-custom.json",
     "review-standard-explicit-gpu.json",
     "review-knative-fractional-gpu.json",
@@ -101,11 +102,24 @@ def test_triton_predictor_gets_a_whole_gpu_tolerations_selector_and_scheduler(po
     assert pod["metadata"]["annotations"]["gpuguard.io/applied"] == "defaults"
 
 
-def test_sklearn_gets_a_mig_slice_instead_of_a_whole_gpu(policy: Policy) -> None:
-    pod = mutated_pod("review-knative-sklearn.json", policy)
+def test_a_model_its_owners_mark_small_gets_a_mig_slice_instead_of_a_whole_gpu(policy: Policy) -> None:
+    pod = mutated_pod("review-knative-small-model.json", policy)
     assert gpu_keys(container(pod, "kserve-container")) == {"nvidia.com/mig-1g.10gb"}
     assert container(pod, "kserve-container")["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"
     assert pod["metadata"]["annotations"]["gpuguard.io/applied"] == "small-models-on-mig"
+    assert "affinity" not in pod["spec"], "only whole GPUs need the not-shared node affinity"
+
+
+@pytest.mark.parametrize("name", ["review-knative-sklearn.json", "review-v1beta1-sklearn.json"])
+def test_cpu_only_model_servers_get_no_gpu_and_no_gpu_placement(name: str, policy: Policy) -> None:
+    request = admission_request(name)
+    pod = patched(request, mutate(request, policy).response)
+    assert request.object is not None
+    assert gpu_keys(container(pod, "kserve-container")) == set()
+    assert pod["spec"].get("tolerations") == request.object["spec"].get("tolerations")
+    assert "nodeSelector" not in pod["spec"] and "affinity" not in pod["spec"]
+    assert pod["spec"].get("schedulerName") == request.object["spec"].get("schedulerName")
+    assert pod["metadata"]["annotations"]["gpuguard.io/applied"] == "cpu-only-servers"
 
 
 def test_vllm_in_an_llm_namespace_follows_the_llm_rule(policy: Policy) -> None:
