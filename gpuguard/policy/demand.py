@@ -87,7 +87,8 @@ class ContainerGpus:
     counts: Mapping[str, int]
     """Every GPU resource it names with a whole count (explicit zeros included): its request, else its limit."""
     unreadable: tuple[str, ...] = ()
-    """GPU resources whose quantity is not a non-negative whole number (validation says why)."""
+    """GPU resources whose request or limit is not a non-negative whole number (validation says why); a readable
+    request is still counted, as kube-scheduler would reserve it."""
     claims: tuple[str, ...] = ()
     access: tuple[DeviceAccess, ...] = ()
 
@@ -238,11 +239,11 @@ def _container(ref: ContainerRef, custom: frozenset[str]) -> ContainerGpus:
     for name in dict.fromkeys((*limits, *requests)):
         if resource_kind(name, custom) is None:
             continue
-        count = whole_number(requests.get(name, limits.get(name)))
+        count = whole_number(requests.get(name, limits.get(name)))  # what kube-scheduler reserves
+        if count is not None:
+            counts[name] = count
         if count is None or (name in limits and whole_number(limits[name]) is None):
             unreadable.append(name)
-        else:
-            counts[name] = count
     claims = tuple(n for c in sequence(mapping(ref.body.get("resources")).get("claims"))
                    if isinstance(n := mapping(c).get("name"), str) and n)
     return ContainerGpus(ref, counts, tuple(unreadable), claims, tuple(_access(ref)))
@@ -344,5 +345,6 @@ def _owner(
 def _unreadable_sentences(containers: Iterable[ContainerGpus]) -> Iterator[str]:
     for c in containers:
         for name in c.unreadable:
-            raw = c.ref.requests.get(name, c.ref.limits.get(name))
-            yield f"{c.ref.where} asks for {_short(repr(raw))} {name}, not a whole number"
+            for kind, section in (("request", c.ref.requests), ("limit", c.ref.limits)):
+                if name in section and whole_number(section[name]) is None:
+                    yield f"{c.ref.where} {kind}s {_short(repr(section[name]))} {name}, not a whole number"

@@ -97,7 +97,7 @@ def judge(isvc: JsonObject, policy: Policy, *, namespace: str) -> Verdict:
 
 def _renamed(problem: Problem, built: ComponentPod) -> Problem:
     where = built.paths.get(problem.where, f"{built.component} {problem.where}")
-    return Problem(where, problem.message, problem.fix)
+    return Problem(where, problem.message, problem.fix, problem.code)
 
 
 def runtime_of(isvc: JsonObject) -> Runtime:

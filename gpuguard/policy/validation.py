@@ -142,10 +142,11 @@ def _count_problems(demand: GpuDemand, limits: Limits, product: str | None) -> I
 
 
 def _counted(resource: str, count: int, product: str | None) -> str:
-    share = device_share(resource, product=product)
-    if share == 1:
+    if resource_kind(resource) != "mig":
         return f"{count} {resource}"
-    return f"{count} {resource} = {_number(count * share)} GPUs at {share} of a GPU each"
+    share = device_share(resource, product=product)
+    each = "a whole GPU each" if share == 1 else f"{share} of a GPU each"
+    return f"{count} {resource} = {_number(count * share)} GPUs at {each}"
 
 
 def _number(value: Fraction) -> str:

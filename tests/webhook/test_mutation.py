@@ -193,10 +193,41 @@ def test_triton_gets_prometheus_io_annotations_when_kserve_scraping_is_off(polic
 
 
 def test_triton_gets_kserve_annotations_with_its_metrics_port_when_kserve_scrapes(policy: Policy) -> None:
-    annotations = mutated_pod("review-knative-triton-kserve-scraping.json", policy)["metadata"]["annotations"]
+    request = admission_request("review-knative-triton-kserve-scraping.json")
+    outcome = mutate(request, policy)
+    annotations = patched(request, outcome.response)["metadata"]["annotations"]
     assert annotations["prometheus.kserve.io/port"] == "8092", "from --metrics-port=8092 in Triton's args"
     assert annotations["prometheus.kserve.io/path"] == "/metrics"
     assert "prometheus.io/port" not in annotations, "KServe owns prometheus.io/* in scraping mode"
+    assert annotations["serving.kserve.io/enable-metric-aggregation"] == "false", "never overridden: it needs qpext"
+    assert any("set serving.kserve.io/enable-metric-aggregation: \"true\"" in w for w in outcome.response.warnings or ())
+
+
+def test_knative_triton_with_kserve_aggregation_is_scraped_through_queue_proxy(policy: Policy) -> None:
+    request = admission_request("review-knative-triton-kserve-scraping.json")
+    pod = copy.deepcopy(request.object)
+    assert pod is not None
+    pod["metadata"]["annotations"]["serving.kserve.io/enable-metric-aggregation"] = "true"
+    outcome = mutate(with_object(request, pod), policy)
+    annotations = patched(with_object(request, pod), outcome.response)["metadata"]["annotations"]
+    assert annotations["prometheus.kserve.io/port"] == "8092", "queue-proxy's aggregator scrapes Triton here"
+    assert annotations["prometheus.io/scrape"] == "true", "KServe sets port and path, never scrape"
+    assert "prometheus.io/port" not in annotations
+    assert not [w for w in outcome.response.warnings or () if "not scraped" in w]
+
+
+def test_standard_mode_triton_under_kserve_scraping_is_told_it_will_not_be_scraped(policy: Policy) -> None:
+    request = admission_request("review-standard-vllm.json")
+    pod = copy.deepcopy(request.object)
+    assert pod is not None
+    model = pod["spec"]["containers"][0]
+    model.update({"image": "nvcr.io/nvidia/tritonserver:24.08-py3", "command": ["tritonserver"],
+                  "args": ["--model-store=/mnt/models"]})
+    pod["metadata"].setdefault("annotations", {})["serving.kserve.io/enable-prometheus-scraping"] = "true"
+    outcome = mutate(with_object(request, pod), policy)
+    annotations = patched(with_object(request, pod), outcome.response)["metadata"]["annotations"]
+    assert annotations["prometheus.kserve.io/port"] == "8002"
+    assert any("in Standard mode" in w and "not scraped" in w for w in outcome.response.warnings or ())
 
 
 def test_triton_with_metrics_disabled_gets_no_annotations_and_a_warning(policy: Policy) -> None:
@@ -324,3 +355,22 @@ def test_the_single_container_that_already_asks_for_a_gpu_is_the_model_container
     result = admit_changed(request, pod, policy)
     assert result["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert result["spec"]["schedulerName"] == "gpuguard-scheduler"
+
+
+def test_bad_override_annotations_are_warned_about_at_mutation_too(policy: Policy) -> None:
+    request = admission_request("review-standard-custom.json")
+    pod = copy.deepcopy(request.object)
+    assert pod is not None
+    pod["metadata"]["annotations"].update({"gpuguard.io/gpu-count": "two"})
+    outcome = mutate(with_object(request, pod), policy)
+    assert any("ignored: annotation gpuguard.io/gpu-count" in w and "'two'" in w for w in outcome.response.warnings or ())
+
+
+def test_a_misspelt_gpuguard_annotation_is_warned_about_with_the_likely_key(policy: Policy) -> None:
+    request = admission_request("review-standard-custom.json")
+    pod = copy.deepcopy(request.object)
+    assert pod is not None
+    pod["metadata"]["annotations"]["gpuguard.io/gpu-cout"] = "2"
+    outcome = mutate(with_object(request, pod), policy)
+    assert any("'gpuguard.io/gpu-cout' is not one gpuguard reads" in w and "did you mean gpuguard.io/gpu-count?" in w
+               for w in outcome.response.warnings or ())
