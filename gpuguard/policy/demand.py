@@ -27,6 +27,7 @@ Pure: plain JSON in, frozen values out, nothing logged.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -55,7 +56,8 @@ from gpuguard.policy.resources import (
 VISIBLE_DEVICES_ENV = "NVIDIA_VISIBLE_DEVICES"
 NO_DEVICES = frozenset({"", "none", "void"})
 """NVIDIA_VISIBLE_DEVICES values that give no GPU (`none`: driver libraries only)."""
-DEVICE_MOUNT_ROOT = "/var/run/nvidia-container-devices"
+DEVICE_SEGMENT = "nvidia-container-devices"
+DEVICE_MOUNT_ROOTS = ("/var/run/" + DEVICE_SEGMENT, "/run/" + DEVICE_SEGMENT)
 CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
 KAI_FRACTION = "gpu-fraction"
 KAI_MEMORY = "gpu-memory"
@@ -198,18 +200,28 @@ def mig_share(profile: str, *, product: str | None = None) -> Fraction:
 def pod_demand(
     pod: JsonObject, *, custom: frozenset[str] = frozenset(), schedulers: frozenset[str] = frozenset()
 ) -> GpuDemand:
-    """The pod's GPU demand. `custom`: the policy's extra GPU types; `schedulers`: GPU schedulers gpuguard leaves to."""
+    """The pod's GPU demand. `custom`: the policy's extra GPU types; `schedulers`: GPU schedulers gpuguard leaves to.
+
+    Containers with nothing GPU-related (most of them: queue-proxy, storage-initializer, agents) are read once,
+    cheaply, and left out of the result; it runs on every admission request.
+    """
     spec = spec_of(pod)
     annotations = annotations_of(pod)
-    types = custom | declared_gpu_types(annotations.get(KSERVE_GPU_TYPES_ANNOTATION))
-    containers = tuple(_container(ref, types) for ref in _refs(spec))
-    kai = _kai_share(annotations)
-    hami = any(name in HAMI_MODIFIERS for c in containers for name in _named(c.ref))
+    types = custom | declared_gpu_types(annotations.get(KSERVE_GPU_TYPES_ANNOTATION)) if annotations else custom
+    found: list[ContainerGpus] = []
+    hami = False
+    for kind in ("initContainers", "containers"):
+        for index, body in enumerate(sequence(spec.get(kind))):
+            container, modified = _container(kind, index, mapping(body), types)
+            hami = hami or modified
+            if container is not None:
+                found.append(container)
+    containers = tuple(found)
     demand = GpuDemand(
         containers=containers,
         resources=effective_counts(containers),
         custom=types,
-        kai=kai,
+        kai=_kai_share(annotations),
         cdi=_cdi_annotations(annotations),
         problems=tuple(_unreadable_sentences(containers)),
     )
@@ -221,32 +233,50 @@ def _with_owner(demand: GpuDemand, owner: str) -> GpuDemand:
     return GpuDemand(demand.containers, demand.resources, demand.custom, demand.kai, demand.cdi, owner, demand.problems)
 
 
-def _refs(spec: JsonObject) -> Iterator[ContainerRef]:
-    for kind in ("initContainers", "containers"):
-        for index, body in enumerate(sequence(spec.get(kind))):
-            yield ContainerRef(kind, index, mapping(body))
-
-
-def _named(ref: ContainerRef) -> Iterator[str]:
-    yield from ref.limits
-    yield from ref.requests
-
-
-def _container(ref: ContainerRef, custom: frozenset[str]) -> ContainerGpus:
-    limits, requests = ref.limits, ref.requests
+def _container(kind: str, index: int, body: JsonObject, custom: frozenset[str]) -> tuple[ContainerGpus | None, bool]:
+    """The container's GPU side (None when it has none) and whether it names a HAMi modifier."""
+    resources = mapping(body.get("resources"))
+    limits, requests = mapping(resources.get("limits")), mapping(resources.get("requests"))
     counts: dict[str, int] = {}
     unreadable: list[str] = []
-    for name in dict.fromkeys((*limits, *requests)):
+    hami = False
+    for name in (*limits, *requests):
+        if "/" not in name or name in counts or name in unreadable:
+            continue  # cpu, memory, ephemeral-storage, hugepages-*: never a GPU; or seen in limits already
         if resource_kind(name, custom) is None:
+            hami = hami or name in HAMI_MODIFIERS
             continue
         count = whole_number(requests.get(name, limits.get(name)))  # what kube-scheduler reserves
         if count is not None:
             counts[name] = count
         if count is None or (name in limits and whole_number(limits[name]) is None):
             unreadable.append(name)
-    claims = tuple(n for c in sequence(mapping(ref.body.get("resources")).get("claims"))
-                   if isinstance(n := mapping(c).get("name"), str) and n)
-    return ContainerGpus(ref, counts, tuple(unreadable), claims, tuple(_access(ref)))
+    listed = resources.get("claims")
+    claims = tuple(n for c in sequence(listed) if isinstance(n := mapping(c).get("name"), str) and n) if listed else ()
+    screened = _may_access(body)
+    if not (counts or unreadable or claims or screened):
+        return None, hami
+    ref = ContainerRef(kind, index, body)
+    return ContainerGpus(ref, counts, tuple(unreadable), claims, tuple(_access(ref)) if screened else ()), hami
+
+
+def _may_access(body: JsonObject) -> bool:
+    """A cheap screen for `_access`: privileged, or an env or mount that could name GPUs (plain loops: this runs
+    for every container of every admitted pod)."""
+    security = body.get("securityContext")
+    if type(security) is dict and security.get("privileged") is True:
+        return True
+    env = body.get("env")
+    if type(env) is list:
+        for entry in env:
+            if type(entry) is dict and entry.get("name") == VISIBLE_DEVICES_ENV:
+                return True
+    mounts = body.get("volumeMounts")
+    if type(mounts) is list:
+        for mount in mounts:
+            if type(mount) is dict and DEVICE_SEGMENT in str(mount.get("mountPath", "")):
+                return True
+    return False
 
 
 def effective_counts(containers: Iterable[ContainerGpus]) -> tuple[tuple[str, int], ...]:
@@ -293,8 +323,10 @@ def _access(ref: ContainerRef) -> Iterator[DeviceAccess]:
 
 
 def _under_device_root(path: str) -> bool:
-    normal = "/" + "/".join(p for p in path.split("/") if p and p != ".")
-    return normal == DEVICE_MOUNT_ROOT or normal.startswith(DEVICE_MOUNT_ROOT + "/")
+    """Whether a mount destination lies under the runtime's device-request folder, once cleaned as containerd and
+    CRI-O clean it (`//`, `.` and `..` resolved); `/run` is the same folder on images where /var/run links to it."""
+    normal = "/" + posixpath.normpath(path).lstrip("/")
+    return any(normal == root or normal.startswith(root + "/") for root in DEVICE_MOUNT_ROOTS)
 
 
 def _short(value: object, limit: int = 48) -> str:
