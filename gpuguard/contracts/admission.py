@@ -97,6 +97,16 @@ class SecurityContextView(TypedDict, total=False):
     privileged: Any
 
 
+class EnvVarView(TypedDict, total=False):
+    name: Any
+    value: Any
+    valueFrom: Any
+
+
+class VolumeMountView(TypedDict, total=False):
+    mountPath: Any
+
+
 class ContainerView(TypedDict, total=False):
     name: Any
     image: Any
@@ -105,9 +115,9 @@ class ContainerView(TypedDict, total=False):
     resources: ResourcesView | None
     securityContext: SecurityContextView | None
     restartPolicy: Any
-    env: list[Any] | None
+    env: list[EnvVarView] | None
     """Read for NVIDIA_VISIBLE_DEVICES (device access without a request)."""
-    volumeMounts: list[Any] | None
+    volumeMounts: list[VolumeMountView] | None
     """Read for mounts under /var/run/nvidia-container-devices (the runtime's volume-mount device requests)."""
 
 
