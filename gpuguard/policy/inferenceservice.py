@@ -83,7 +83,7 @@ def isvc_problems(isvc: JsonObject, effective: Effective) -> list[Problem]:
     problems = pod_problems({}, effective)
     for section, refs in components(isvc).values():
         product = podspec.text(podspec.mapping(section.get("nodeSelector")).get(PRODUCT_LABEL))
-        problems += containers_problems(refs, effective.limits, product=product)
+        problems += containers_problems(refs, effective.limits, product=product, catalog=effective.catalog)
     return problems
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from gpuguard.policy import mig, podspec
+from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.loading import PRODUCT_LABEL, unknown_profile_message
 from gpuguard.policy.model import Limits
 from gpuguard.policy.podspec import ContainerRef
@@ -28,14 +29,16 @@ def pod_problems(pod_spec: Mapping[str, Any], effective: Effective) -> list[Prob
     refs = list(podspec.all_containers(pod_spec))
     product = podspec.text(podspec.mapping(pod_spec.get("nodeSelector")).get(PRODUCT_LABEL))
     problems = list(effective.problems)
-    problems += containers_problems(refs, effective.limits, product=product)
+    problems += containers_problems(refs, effective.limits, product=product, catalog=effective.catalog)
     problems += _sharing_problems(effective)
     return problems
 
 
-def containers_problems(refs: Sequence[ContainerRef], limits: Limits, *, product: str | None) -> list[Problem]:
+def containers_problems(
+    refs: Sequence[ContainerRef], limits: Limits, *, product: str | None, catalog: MigCatalog = mig.BUILTIN
+) -> list[Problem]:
     """Per-container checks plus the per-pod GPU total (init containers run one at a time, so their max counts)."""
-    problems = [p for ref in refs for p in container_problems(ref, limits, product=product)]
+    problems = [p for ref in refs for p in container_problems(ref, limits, product=product, catalog=catalog)]
     total = _pod_whole_gpus(refs)
     if total > limits.max_gpus_per_pod:
         problems.append(
@@ -48,12 +51,14 @@ def containers_problems(refs: Sequence[ContainerRef], limits: Limits, *, product
     return problems
 
 
-def container_problems(ref: ContainerRef, limits: Limits, *, product: str | None) -> Iterator[Problem]:
+def container_problems(
+    ref: ContainerRef, limits: Limits, *, product: str | None, catalog: MigCatalog = mig.BUILTIN
+) -> Iterator[Problem]:
     yield from _quantity_problems(ref)
     resources = {**ref.gpu_requests(), **ref.gpu_limits()}
     mig_names = [name for name in resources if podspec.is_mig_resource(name)]
     for name in mig_names:
-        yield from _mig_problems(ref, name, limits, product)
+        yield from _mig_problems(ref, name, limits, product, catalog)
     if mig_names and podspec.WHOLE_GPU in resources:
         yield Problem(
             ref.where,
@@ -99,15 +104,19 @@ def _quantity_problems(ref: ContainerRef) -> Iterator[Problem]:
             )
 
 
-def _mig_problems(ref: ContainerRef, resource: str, limits: Limits, product: str | None) -> Iterator[Problem]:
+def _mig_problems(
+    ref: ContainerRef, resource: str, limits: Limits, product: str | None, catalog: MigCatalog
+) -> Iterator[Problem]:
+    """Through the model of the pod's product when it selects one; through every model of the catalog otherwise."""
     profile = mig.profile_from_resource(resource) or resource
-    if not mig.is_known_profile(profile):
-        yield Problem(ref.where, f"{resource}: {unknown_profile_message(profile)}", "use a profile from that list")
+    model = catalog.model_for_product(product) if product else None
+    if model is None and not catalog.knows(profile):
+        yield Problem(ref.where, f"{resource}: {unknown_profile_message(profile, catalog)}",
+                      "use a profile your GPUs offer, or add their model to the policy's migCatalog")
         return
     if limits.allowed_mig_profiles and profile not in limits.allowed_mig_profiles:
         allowed = ", ".join(mig.mig_resource_name(p) for p in limits.allowed_mig_profiles)
         yield Problem(ref.where, f"MIG profile {quoted(profile)} ({resource}) is not allowed", f"use one of: {allowed}")
-    model = mig.model_for_product(product) if product else None
     if model is not None and model.profile(profile) is None:
         yield Problem(
             ref.where,

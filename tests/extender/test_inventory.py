@@ -73,7 +73,8 @@ def test_a_bad_annotation_is_a_reported_problem_and_allocatable_still_counts(ann
     assert "gpuguard.io/gpu-inventory" in facts.problem
     assert facts.state.allocatable[MIG_1G] == 8
     synthesized = [[(s.profile, s.start) for s in g.slices] for g in facts.state.mig_gpus]  # on the 2 GPUs GFD counts
-    assert synthesized == [[("3g.40gb", 0), ("2g.20gb", 4), ("1g.10gb", 6)], [("1g.10gb", s) for s in range(7)]]
+    assert synthesized == [[("2g.20gb", 0), ("1g.10gb", 2), ("1g.10gb", 3), ("3g.40gb", 4)],
+                           [("1g.10gb", s) for s in range(6)]]
 
 
 def test_mig_single_strategy_is_recognised() -> None:
