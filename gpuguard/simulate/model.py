@@ -1,6 +1,6 @@
 """The simulated cluster and the arrival trace `gpuguard simulate` replays. Pure and seeded: same seed, same run.
 
-Cluster, for N nodes (at least one of each kind): 30 % whole-GPU nodes of 8 H100 80GB, 20 % of 8 A100 80GB, 25 % of
+Cluster, for N nodes (at least one of each kind): 40 % whole-GPU nodes of 8 H100 80GB, 20 % of 8 A100 80GB, 15 % of
 8 H100 80GB under the MIG mixed strategy, 10 % of 8 B200 under the MIG mixed strategy (on both MIG pools, half the
 GPUs in the GPU Operator's all-1g layout, half in all-balanced, placed by the catalog's start slots), 15 % of 4 T4s
 time-sliced 4 ways. Each whole-GPU node gets a background utilization drawn from 5/20/40/60/85 % (other tenants'
@@ -9,7 +9,7 @@ load, which the utilization weighting should steer around; it stays static).
 Trace, M pods arriving one per second on average (exponential gaps), each living an exponentially distributed time
 (mean `lifetime`): 40 % whole-GPU LLM servers (1, 2, 4 or 8 GPUs with weights 10, 8, 12, 10, so 22 % of all pods ask
 for 4 or 8 GPUs; 70 % pin H100, 30 % A100 through the product selector the webhook's rules add), 45 % small models on
-one MIG slice (three in four on H100: 1g.10gb 30, 2g.20gb 10, 3g.40gb 5; one in four on B200: 1g.23gb 30,
+one MIG slice (60 % on H100: 1g.10gb 30, 2g.20gb 10, 3g.40gb 5; 40 % on B200: 1g.23gb 30,
 2g.45gb 10, 3g.90gb 5), 15 % development models on one time-sliced T4 share.
 """
 
@@ -36,12 +36,16 @@ B200 = "NVIDIA-B200"
 T4_SHARED = "Tesla-T4-SHARED"
 GPU = "nvidia.com/gpu"
 BACKGROUND = (5.0, 20.0, 40.0, 60.0, 85.0)
-NODE_MIX = (("h100", 0.30), ("a100", 0.20), ("h100-mig", 0.25), ("b200-mig", 0.10), ("t4", 0.15))
+NODE_MIX = (("h100", 0.40), ("a100", 0.20), ("h100-mig", 0.15), ("b200-mig", 0.10), ("t4", 0.15))
 MIG_POOLS = {
     # product: (the all-1g profile, the all-balanced layout, the trace's profile weights), names as the catalog has them
     H100: ("1g.10gb", {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1}, {"1g.10gb": 30, "2g.20gb": 10, "3g.40gb": 5}),
     B200: ("1g.23gb", {"1g.23gb": 2, "2g.45gb": 1, "3g.90gb": 1}, {"1g.23gb": 30, "2g.45gb": 10, "3g.90gb": 5}),
 }
+MIG_SHARE = {H100: 0.6, B200: 0.4}
+"""Of the MIG pods, the share for each pool (its share of the MIG nodes)."""
+MIG_CHOICES = tuple((product, profile) for product, pool in MIG_POOLS.items() for profile in pool[2])
+MIG_WEIGHTS = tuple(MIG_SHARE[product] * MIG_POOLS[product][2][profile] for product, profile in MIG_CHOICES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +142,6 @@ def _request(kind: str, rnd: random.Random) -> GpuRequest:
         product = H100 if rnd.random() < 0.7 else A100
         return GpuRequest(((GPU, count),), product=product)
     if kind == "mig":
-        product = H100 if rnd.random() < 0.75 else B200
-        weights = MIG_POOLS[product][2]
-        profile = rnd.choices(tuple(weights), tuple(weights.values()))[0]
+        product, profile = rnd.choices(MIG_CHOICES, MIG_WEIGHTS)[0]  # one draw, as for the other kinds
         return GpuRequest(((mig.mig_resource_name(profile), 1),), product=product)
     return GpuRequest(((GPU, 1),), product=T4_SHARED)
