@@ -99,3 +99,11 @@ def test_policy_check_names_the_broken_entry_and_exits_1(tmp_path: Path) -> None
                             capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
     assert "migCatalog.models[0]: profiles[0] (1g.25gb): 1/9 of 200 GB is 22 GB, not 25" in result.stderr
+
+
+def test_the_readmes_example_entry_loads() -> None:
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("  ```yaml\n  migCatalog:")[1].split("  ```")[0]
+    document = yaml.safe_load("migCatalog:" + snippet)
+    policy = parse_policy(yaml.safe_dump({"apiVersion": "gpuguard.io/v1", "kind": "GpuPolicy", **document}))
+    assert policy.catalog.model_for_product("NVIDIA-Next-GPU") is not None
