@@ -22,8 +22,14 @@ CASES = [
     (40960, 4864, 1, 0, "1g.5gb"),  # A100-SXM4-40GB
     (40960, 19968, 3, 2, "3g.20gb"),
     (81920, 9728, 1, 0, "1g.10gb"),  # A100-SXM4-80GB
-    (143771, 16640, 1, 0, "1g.18gb"),  # H200
+    # H200, as NVML reports it on a real one (driver 580.159.04): nvmlDeviceGetGpuInstanceProfileInfo's memorySizeMB
+    (143771, 16384, 1, 0, "1g.18gb"),
+    (143771, 16384, 1, 7, "1g.18gb+me"),
+    (143771, 33280, 1, 9, "1g.35gb"),
+    (143771, 33280, 2, 1, "2g.35gb"),
     (143771, 71424, 3, 2, "3g.71gb"),  # half of 141 GB is 70.5: rounds up, as Go does
+    (143771, 71424, 4, 3, "4g.71gb"),
+    (143771, 143360, 7, 4, "7g.141gb"),
     (24576, 5836, 1, 0, "1g.6gb"),  # A30 (4 memory slices, still rounded up to eighths)
     # RTX PRO 6000 Blackwell Server Edition: 97887 MiB, instances of 23.62 / 47.38 / 95.00 GiB (nvidia-smi mig -lgip)
     (97887, 24186, 1, 0, "1g.24gb"),
