@@ -39,9 +39,9 @@ from gpuguard.policy.catalog_schema import CatalogDocument, CatalogSpec
 CATALOG_FILE = "mig-catalog.yaml"
 
 __all__ = [
-    "BUILTIN", "CATALOG", "CATALOG_FILE", "MIG_RESOURCE_PREFIX", "GpuModel", "MigCatalog", "MigProfile",
-    "all_mig_resource_names", "all_profile_names", "base_product", "catalog_for", "catalog_text", "is_known_profile",
-    "load_catalog", "mig_resource_name", "model_for_product", "model_named", "models_offering",
+    "BUILTIN", "CATALOG", "CATALOG_FILE", "MIG_RESOURCE_PREFIX", "CatalogError", "GpuModel", "MigCatalog",
+    "MigProfile", "all_mig_resource_names", "all_profile_names", "base_product", "catalog_for", "catalog_text",
+    "is_known_profile", "load_catalog", "mig_resource_name", "model_for_product", "model_named", "models_offering",
     "product_label_from_name", "profile_from_resource",
 ]
 
