@@ -34,6 +34,7 @@ from fractions import Fraction
 from typing import Literal
 
 from gpuguard.policy import mig
+from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.podspec import (
     ContainerRef,
     JsonObject,
@@ -165,28 +166,29 @@ class GpuDemand:
     def count(self, resource: str) -> int:
         return next((n for name, n in self.resources if name == resource), 0)
 
-    def gpus(self, *, product: str | None = None) -> Fraction:
+    def gpus(self, *, product: str | None = None, catalog: MigCatalog = mig.BUILTIN) -> Fraction:
         """GPU-equivalents: whole GPUs, replicas and other devices count 1 each, a MIG instance its compute share of
         its GPU (on `product` when the pod pins one, else the largest share any catalogued model gives the profile),
         a KAI request its fraction times its devices."""
-        total = sum((n * device_share(name, product=product) for name, n in self.resources), Fraction(0))
+        total = sum((n * device_share(name, product=product, catalog=catalog) for name, n in self.resources),
+                    Fraction(0))
         return total + (self.kai.gpus if self.kai else 0)
 
 
-def device_share(resource: str, *, product: str | None = None) -> Fraction:
+def device_share(resource: str, *, product: str | None = None, catalog: MigCatalog = mig.BUILTIN) -> Fraction:
     """How much of a GPU one device of this resource is: 1, or a MIG instance's compute slices over its GPU's."""
     profile = mig.profile_from_resource(resource)
     if profile is None or resource.endswith(".shared"):
         return Fraction(1)
-    return mig_share(profile, product=product)
+    return mig_share(profile, product=product, catalog=catalog)
 
 
-def mig_share(profile: str, *, product: str | None = None) -> Fraction:
-    model = mig.model_for_product(product) if product else None
+def mig_share(profile: str, *, product: str | None = None, catalog: MigCatalog = mig.BUILTIN) -> Fraction:
+    model = catalog.model_for_product(product) if product else None
     found = model.profile(profile) if model else None
     if model is not None and found is not None:
         return Fraction(found.compute_slices, model.compute_slices)
-    shares = [Fraction(p.compute_slices, m.compute_slices) for m in mig.models_offering(profile)
+    shares = [Fraction(p.compute_slices, m.compute_slices) for m in catalog.models_offering(profile)
               if (p := m.profile(profile)) is not None]
     if shares:
         return max(shares)

@@ -14,6 +14,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from gpuguard.policy import mig
+from gpuguard.policy.catalog import MigCatalog
+from gpuguard.policy.catalog_schema import CatalogSpec
 from gpuguard.policy.runtime import Runtime
 
 Mode = Literal["enforce", "warn", "audit"]
@@ -245,3 +248,11 @@ class Policy(PolicyModel):
     """Extended resources that are GPUs on this cluster besides the built-in NVIDIA, AMD, Intel and Gaudi names (like
     KServe's `customGPUResourceTypeList`); counted and judged as GPUs, one device each."""
     externally_managed: ExternallyManaged = ExternallyManaged()
+    mig_catalog: CatalogSpec | None = None
+    """GPU models to add to gpuguard's MIG catalog, or to replace (same name), in the schema of its catalog file:
+    for GPUs newer than this release. Their profiles become known to validation and their geometry to the extender."""
+
+    @property
+    def catalog(self) -> MigCatalog:
+        """The MIG catalog this policy sees: the shipped one with `migCatalog`'s entries."""
+        return mig.catalog_for(self.mig_catalog)

@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from gpuguard.policy import mig
+from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.loading import PRODUCT_LABEL, unknown_profile_message
 from gpuguard.policy.model import (
     ExternallyManaged,
@@ -81,6 +82,8 @@ class Effective:
     gpu_types: frozenset[str] = frozenset()
     """The policy's extra GPU resource types (`gpuResourceTypes`)."""
     external: ExternallyManaged = ExternallyManaged()
+    catalog: MigCatalog = mig.BUILTIN
+    """The policy's MIG catalog, which the profile checks resolve models and profiles through."""
 
 
 def namespace_mode_and_limits(policy: Policy, namespace: str) -> tuple[Mode, Limits]:
@@ -124,7 +127,7 @@ def resolve(
     base = policy.defaults
     gpu = rule.gpu if rule and rule.gpu is not None else base.gpu
     node_selector = rule.node_selector if rule and rule.node_selector is not None else base.node_selector
-    overrides = _user_overrides(policy.user_overrides, annotations, limits)
+    overrides = _user_overrides(policy.user_overrides, annotations, limits, policy.catalog)
     if overrides.product is not None:
         node_selector = {**node_selector, PRODUCT_LABEL: overrides.product}
     return Effective(
@@ -142,6 +145,7 @@ def resolve(
         notes=tuple(overrides.notes),
         gpu_types=frozenset(policy.gpu_resource_types),
         external=policy.externally_managed,
+        catalog=policy.catalog,
     )
 
 
@@ -154,7 +158,9 @@ class _Overrides:
     notes: list[str] = field(default_factory=list)
 
 
-def _user_overrides(allowed: tuple[UserOverride, ...], annotations: Mapping[str, Any], limits: Limits) -> _Overrides:
+def _user_overrides(
+    allowed: tuple[UserOverride, ...], annotations: Mapping[str, Any], limits: Limits, catalog: MigCatalog
+) -> _Overrides:
     """What the user's gpuguard.io/* annotations ask for, where policy lets them; problems for bad values."""
     found = _Overrides()
     if not any(key.startswith(ANNOTATION_PREFIX) for key in annotations):
@@ -172,7 +178,7 @@ def _user_overrides(allowed: tuple[UserOverride, ...], annotations: Mapping[str,
         names = ", ".join(OVERRIDE_ANNOTATIONS[k] for k in gpu_choices)
         found.problems.append(Problem(f"annotations {names}", "conflict", "set only one of them"))
     elif gpu_choices:
-        found.gpu = _gpu_from_annotation(gpu_choices[0], given[gpu_choices[0]], limits, found.problems)
+        found.gpu = _gpu_from_annotation(gpu_choices[0], given[gpu_choices[0]], limits, found.problems, catalog)
     found.product = given.get("gpu-product")
     found.skip = given.get("skip", "").lower() == "true"
     return found
@@ -189,7 +195,9 @@ def _unknown_annotation_notes(annotations: Mapping[str, Any]) -> list[str]:
     return notes
 
 
-def _gpu_from_annotation(kind: str, value: str, limits: Limits, problems: list[Problem]) -> GpuSpec | None:
+def _gpu_from_annotation(
+    kind: str, value: str, limits: Limits, problems: list[Problem], catalog: MigCatalog
+) -> GpuSpec | None:
     where = f"annotation {OVERRIDE_ANNOTATIONS[kind]}"  # type: ignore[index]  # kind is one of the GPU overrides
     if kind == "gpu-count":
         count = whole_number(value)
@@ -204,16 +212,18 @@ def _gpu_from_annotation(kind: str, value: str, limits: Limits, problems: list[P
             return None
         return GpuSpec(count=count)
     if kind == "mig-profile":
-        return _mig_from_annotation(where, value, limits, problems)
+        return _mig_from_annotation(where, value, limits, problems, catalog)
     if value != "time-slicing":
         problems.append(Problem(where, f"{quoted(value)} is not a sharing mode", "write \"time-slicing\""))
         return None
     return GpuSpec(sharing="timeSlicing")
 
 
-def _mig_from_annotation(where: str, value: str, limits: Limits, problems: list[Problem]) -> GpuSpec | None:
-    if not mig.is_known_profile(value):
-        problems.append(Problem(where, unknown_profile_message(value), "use one of the known profiles"))
+def _mig_from_annotation(
+    where: str, value: str, limits: Limits, problems: list[Problem], catalog: MigCatalog
+) -> GpuSpec | None:
+    if not catalog.knows(value):
+        problems.append(Problem(where, unknown_profile_message(value, catalog), "use one of the known profiles"))
         return None
     if limits.allowed_mig_profiles and value not in limits.allowed_mig_profiles:
         allowed = ", ".join(limits.allowed_mig_profiles)

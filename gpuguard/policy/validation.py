@@ -23,6 +23,7 @@ from fractions import Fraction
 from typing import Any
 
 from gpuguard.policy import mig, podspec
+from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.demand import ContainerGpus, GpuDemand, device_share, pod_demand
 from gpuguard.policy.loading import PRODUCT_LABEL, unknown_profile_message
 from gpuguard.policy.model import Limits
@@ -48,13 +49,13 @@ def pod_demand_under(pod: Mapping[str, Any], effective: Effective) -> GpuDemand:
 def pod_problems(pod: Mapping[str, Any], effective: Effective, demand: GpuDemand | None = None) -> list[Problem]:
     """Every problem of a pod under these settings, plus the user-annotation problems `resolve` found."""
     demand = demand if demand is not None else pod_demand_under(pod, effective)
-    limits = effective.limits
+    limits, catalog = effective.limits, effective.catalog
     product = podspec.text(podspec.mapping(podspec.spec_of(pod).get("nodeSelector")).get(PRODUCT_LABEL))
     problems = list(effective.problems)
     if not (demand.owner and effective.external.validation == "deviceAccess"):
         for container in demand.containers:
-            problems += container_problems(container, limits, product=product, custom=demand.custom)
-        problems += _count_problems(demand, limits, product)
+            problems += container_problems(container, limits, product=product, custom=demand.custom, catalog=catalog)
+        problems += _count_problems(demand, limits, product, catalog)
         problems += _mixing_problems(demand)
         problems += _sharing_problems(effective)
     if limits.deny_privileged_gpu_pods:
@@ -63,14 +64,15 @@ def pod_problems(pod: Mapping[str, Any], effective: Effective, demand: GpuDemand
 
 
 def container_problems(
-    container: ContainerGpus, limits: Limits, *, product: str | None, custom: frozenset[str] = frozenset()
+    container: ContainerGpus, limits: Limits, *, product: str | None, custom: frozenset[str] = frozenset(),
+    catalog: MigCatalog = mig.BUILTIN,
 ) -> Iterator[Problem]:
     ref = container.ref
     yield from _quantity_problems(ref, custom)
     for name in container.positive:
         kind = resource_kind(name, custom)
         if kind == "mig":
-            yield from _mig_problems(ref, name, limits, product)
+            yield from _mig_problems(ref, name, limits, product, catalog)
         elif kind == "shared" and not limits.allow_time_slicing:
             yield Problem(
                 ref.where,
@@ -108,15 +110,19 @@ def _quantity_problems(ref: podspec.ContainerRef, custom: frozenset[str]) -> Ite
             )
 
 
-def _mig_problems(ref: podspec.ContainerRef, resource: str, limits: Limits, product: str | None) -> Iterator[Problem]:
+def _mig_problems(
+    ref: podspec.ContainerRef, resource: str, limits: Limits, product: str | None, catalog: MigCatalog
+) -> Iterator[Problem]:
+    """Through the model of the pod's product when it selects one; through every model of the catalog otherwise."""
     profile = mig.profile_from_resource(resource) or resource
-    if not mig.is_known_profile(profile):
-        yield Problem(ref.where, f"{resource}: {unknown_profile_message(profile)}", "use a profile from that list")
+    model = catalog.model_for_product(product) if product else None
+    if model is None and not catalog.knows(profile):
+        yield Problem(ref.where, f"{resource}: {unknown_profile_message(profile, catalog)}",
+                      "use a profile your GPUs offer, or add their model to the policy's migCatalog")
         return
     if limits.allowed_mig_profiles and profile not in limits.allowed_mig_profiles:
         allowed = ", ".join(mig.mig_resource_name(p) for p in limits.allowed_mig_profiles)
         yield Problem(ref.where, f"MIG profile {quoted(profile)} ({resource}) is not allowed", f"use one of: {allowed}")
-    model = mig.model_for_product(product) if product else None
     if model is not None and model.profile(profile) is None:
         yield Problem(
             ref.where,
@@ -125,11 +131,11 @@ def _mig_problems(ref: podspec.ContainerRef, resource: str, limits: Limits, prod
         )
 
 
-def _count_problems(demand: GpuDemand, limits: Limits, product: str | None) -> Iterable[Problem]:
-    total = demand.gpus(product=product)
+def _count_problems(demand: GpuDemand, limits: Limits, product: str | None, catalog: MigCatalog) -> Iterable[Problem]:
+    total = demand.gpus(product=product, catalog=catalog)
     if total <= limits.max_gpus_per_pod:
         return ()
-    parts = [_counted(name, n, product) for name, n in demand.resources]
+    parts = [_counted(name, n, product, catalog) for name, n in demand.resources]
     if demand.kai is not None:
         parts.append(f"{_number(demand.kai.gpus)} through KAI-Scheduler's gpu-fraction/gpu-memory")
     return (
@@ -141,10 +147,10 @@ def _count_problems(demand: GpuDemand, limits: Limits, product: str | None) -> I
     )
 
 
-def _counted(resource: str, count: int, product: str | None) -> str:
+def _counted(resource: str, count: int, product: str | None, catalog: MigCatalog) -> str:
     if resource_kind(resource) != "mig":
         return f"{count} {resource}"
-    share = device_share(resource, product=product)
+    share = device_share(resource, product=product, catalog=catalog)
     each = "a whole GPU each" if share == 1 else f"{share} of a GPU each"
     return f"{count} {resource} = {_number(count * share)} GPUs at {each}"
 

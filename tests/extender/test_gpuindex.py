@@ -8,15 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuguard.policy.gpuindex import GpuIndex, filter_names, score_names
+from gpuguard.policy import mig
 from gpuguard.policy.gpustate import (
     GpuRequest,
     GpuSample,
-    MigGpu,
     MigSlice,
     NodeGpuState,
     NodeUtilization,
     ProductTerm,
     bind,
+    catalog_gpu,
     release,
 )
 from gpuguard.policy.scoring import filter_nodes, score_nodes
@@ -29,6 +30,7 @@ PERCENTS = st.sampled_from([0.0, 20.0, 50.0, 90.0, 95.0, 100.0])
 AGES = st.sampled_from([5.0, 119.0, 121.0, 3600.0])
 SHARINGS = st.sampled_from(["", "none", "time-slicing", "mps"])
 NOT_SHARED = frozenset({"time-slicing", "mps"})
+H100_80GB = mig.BUILTIN.products["NVIDIA-H100-80GB-HBM3"]
 
 
 @st.composite
@@ -53,7 +55,7 @@ def nodes(draw: Any, index: int) -> NodeGpuState:
         used = draw(st.none() | st.integers(0, 7))
         return NodeGpuState(name, "NVIDIA-H100-80GB-HBM3", {"nvidia.com/mig-1g.10gb": 7},
                             None if used is None else {"nvidia.com/mig-1g.10gb": used},
-                            (MigGpu(0, "GPU-0", "H100-80GB", slices),), reported=draw(utilizations(1, mig=True)))
+                            (catalog_gpu(H100_80GB, 0, "GPU-0", slices),), reported=draw(utilizations(1, mig=True)))
     resource = "nvidia.com/gpu.shared" if kind == "shared" else "nvidia.com/gpu"
     total = gpus * (4 if kind == "shared" else 1)
     return NodeGpuState(
