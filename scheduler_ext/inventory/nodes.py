@@ -29,6 +29,7 @@ from gpuguard.policy.gpustate import (
     MigSlice,
     NodeGpuState,
     NodeUtilization,
+    mig_gpu_sample,
     synthesize_layout,
 )
 from gpuguard.policy.podspec import is_gpu_resource, mapping
@@ -111,12 +112,23 @@ def _reported_mig_gpu(gpu: GpuInventory) -> MigGpu:
 
 
 def _reported(inventory: NodeInventory | None) -> NodeUtilization | None:
+    """Utilization the agent measured: per whole GPU, and per MIG GPU folded from its instances' engine activity
+    (the same weighting as Prometheus' `DCGM_FI_PROF_GR_ENGINE_ACTIVE` samples get)."""
     if inventory is None:
         return None
     at = inventory.ts.timestamp()
-    samples = tuple(
-        GpuSample(g.uuid, g.util_percent, at)
-        for g in inventory.gpus
-        if g.util_percent is not None and not g.mig.enabled
-    )
-    return NodeUtilization(samples) if samples else None
+    samples = [GpuSample(g.uuid, g.util_percent, at) for g in inventory.gpus
+               if g.util_percent is not None and not g.mig.enabled]
+    samples += [s for g in inventory.gpus if g.mig.enabled and (s := _reported_mig_sample(g, at)) is not None]
+    return NodeUtilization(tuple(samples)) if samples else None
+
+
+def _reported_mig_sample(gpu: GpuInventory, at: float) -> GpuSample | None:
+    model = mig.model_for_product(gpu.product)
+    instances = []
+    for device in gpu.mig.devices:
+        profile = model.profile(device.profile) if model is not None else None
+        if device.util_percent is not None:
+            instances.append((device.util_percent, profile.compute_slices if profile else 1))
+    total = model.compute_slices if model is not None else 0
+    return mig_gpu_sample(gpu.uuid, instances, compute_slices=total, at=at)
