@@ -113,7 +113,7 @@ def run_agent(args: argparse.Namespace) -> int:
         api = open_cluster(settings)
         registry.register(GpuCollector(backend, hostname=settings.node_name, metrics=metrics, pods=pods))
         agent = Agent(settings, backend=backend, policy=policy, api=api, metrics=metrics)
-        return _run_once(agent) if settings.once else _serve(agent, registry, settings)
+        return _run_once(agent) if settings.once else _serve(agent, registry, settings, pods)
     except ClusterConfigError as error:
         return _fail(str(error))
     finally:
@@ -134,7 +134,9 @@ def _run_once(agent: Agent) -> int:
     return 0 if ok else 1
 
 
-def _serve(agent: Agent, registry: CollectorRegistry, settings: AgentSettings) -> int:
+def _serve(
+    agent: Agent, registry: CollectorRegistry, settings: AgentSettings, pods: PodResourcesClient | None
+) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _: FrameType | None) -> None:
@@ -144,6 +146,8 @@ def _serve(agent: Agent, registry: CollectorRegistry, settings: AgentSettings) -
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = None
+    if pods is not None:
+        pods.start()
     if settings.metrics_port:
         try:
             server = HttpServer(create_http_app(registry, ready=lambda: agent.ready), host=settings.host,

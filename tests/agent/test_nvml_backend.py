@@ -168,7 +168,8 @@ def test_a_gpu_lost_half_way_through_its_read_is_not_half_reported(steps: list[d
 
 def test_eight_mig_gpus_are_all_exported(fake_nvml: Path, tmp_path: Path) -> None:
     node = load_agent_data("nvml-8xh100-mig.json")
-    [reading] = probe([node], fake_nvml=fake_nvml, tmp_path=tmp_path)
+    _, reading = probe([node, node], fake_nvml=fake_nvml, tmp_path=tmp_path)
+    assert len(samples(reading["metrics"], "DCGM_FI_PROF_GR_ENGINE_ACTIVE")) == 8 * 7
     used = samples(reading["metrics"], "DCGM_FI_DEV_FB_USED")
     assert len(used) == 8 * 7
     assert {labels["GPU_I_PROFILE"] for labels, _ in used} == {"1g.10gb"}

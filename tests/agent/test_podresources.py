@@ -117,3 +117,25 @@ def test_a_restarted_kubelet_is_dialled_afresh(socket_path: Path) -> None:
     with FakeKubelet(socket_path, {"podResources": [LIST["podResources"][2]]}):
         assert [a.pod for a in client.allocations()] == ["vllm-predictor-00001-deployment-5b7c6d8e9-q4r8s"]
     client.close()
+
+
+def test_started_it_asks_on_its_own_thread_and_a_scrape_never_waits_for_the_kubelet(
+    kubelet: FakeKubelet, socket_path: Path
+) -> None:
+    client = PodResourcesClient(socket_path, max_age=0.2, timeout=2)
+    client.start()
+    try:
+        assert len(client.allocations()) == 4  # asked once before start() returned
+        kubelet.behaviour, kubelet.hang_seconds = "hang", 1.5
+        time.sleep(0.3)  # the refresher is now stuck in a slow List
+        started = time.monotonic()
+        assert len(client.allocations()) == 4  # the last answer, at once
+        assert time.monotonic() - started < 0.1
+        calls = kubelet.calls
+        kubelet.behaviour = "answer"
+        deadline = time.monotonic() + 5
+        while kubelet.calls < calls + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert kubelet.calls >= calls + 2  # it keeps asking every max_age
+    finally:
+        client.close()
