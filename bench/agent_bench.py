@@ -104,7 +104,7 @@ def bench_scrape(library: Path, socket: Path, rounds: int) -> None:
     result = subprocess.run([sys.executable, "-c", SCRAPE_CHILD, str(rounds), str(socket)],
                             env=environment(library), cwd=ROOT, capture_output=True, text=True, check=True)
     numbers = json.loads(result.stdout)
-    print(f"scrape of 8 GPUs x 7 MIG devices (NVML read with GPM + kubelet List + exposition, {numbers['samples']} "
+    print(f"scrape of 8 GPUs x 7 MIG devices (NVML read with GPM + pod attribution + exposition, {numbers['samples']} "
           f"samples, {numbers['engine']} of them GR_ENGINE_ACTIVE, {numbers['attributed']} with a pod, "
           f"{numbers['bytes']} bytes), {rounds} rounds: {milliseconds(numbers['scrape'])}")
     print(f"  CPU time of the same scrapes: {milliseconds(numbers['cpu'])}")
