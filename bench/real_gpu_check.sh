@@ -46,8 +46,10 @@ def attempt(label, call, *args):
     return value
 
 pynvml.nvmlInit()
-print("driver", pynvml.nvmlSystemGetDriverVersion(), "| NVML", pynvml.nvmlSystemGetNVMLVersion(),
-      "| CUDA driver", pynvml.nvmlSystemGetCudaDriverVersion_v2())
+print("system:")
+attempt("nvmlSystemGetDriverVersion", pynvml.nvmlSystemGetDriverVersion)
+attempt("nvmlSystemGetNVMLVersion", pynvml.nvmlSystemGetNVMLVersion)
+attempt("nvmlSystemGetCudaDriverVersion_v2", pynvml.nvmlSystemGetCudaDriverVersion_v2)
 METRICS = {"GRAPHICS_UTIL (GR_ENGINE_ACTIVE)": pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
            "SM_UTIL (SM_ACTIVE)": pynvml.NVML_GPM_METRIC_SM_UTIL,
            "SM_OCCUPANCY": pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
@@ -82,8 +84,12 @@ def gpm(label, take):
             pynvml.nvmlGpmSampleFree(sample)
 
 for index in range(pynvml.nvmlDeviceGetCount()):
-    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    print(f"GPU {index}: {pynvml.nvmlDeviceGetName(handle)}  {pynvml.nvmlDeviceGetUUID(handle)}")
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        print(f"GPU {index}: {pynvml.nvmlDeviceGetName(handle)}  {pynvml.nvmlDeviceGetUUID(handle)}")
+    except pynvml.NVMLError as error:
+        print(f"GPU {index}: unreadable ({name(error)})")
+        continue
     attempt("nvmlDeviceGetPciInfo_v3 busId", lambda h: pynvml.nvmlDeviceGetPciInfo_v3(h).busId, handle)
     attempt("nvmlDeviceGetMemoryInfo (MiB)", lambda h: pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20, handle)
     mode = attempt("nvmlDeviceGetMigMode (current, pending)", pynvml.nvmlDeviceGetMigMode, handle)
@@ -108,10 +114,12 @@ for index in range(pynvml.nvmlDeviceGetCount()):
     for slot in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
         try:
             device = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
-        except pynvml.NVMLError:
+            instance = pynvml.nvmlDeviceGetGpuInstanceId(device)
+            attributes = pynvml.nvmlDeviceGetAttributes(device)
+        except pynvml.NVMLError as error:
+            if name(error) != "NotFound":
+                print(f"  MIG slot {slot}: {name(error)}")
             continue
-        instance = pynvml.nvmlDeviceGetGpuInstanceId(device)
-        attributes = pynvml.nvmlDeviceGetAttributes(device)
         print(f"  MIG {pynvml.nvmlDeviceGetUUID(device)}  GPU instance {instance}, "
               f"{attributes.gpuInstanceSliceCount} slices, {attributes.memorySizeMB} MB")
         attempt("  nvmlDeviceGetMemoryInfo (MiB)", lambda d: pynvml.nvmlDeviceGetMemoryInfo(d).total // 2**20, device)
