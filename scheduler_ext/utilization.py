@@ -31,7 +31,7 @@ import aiohttp
 
 from gpuguard.policy import mig
 from gpuguard.policy.catalog import MigCatalog
-from gpuguard.policy.gpustate import GpuSample, NodeUtilization
+from gpuguard.policy.gpustate import GpuSample, NodeUtilization, mig_gpu_sample
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +151,8 @@ def _compute_slices(labels: Mapping[str, Any], catalog: MigCatalog) -> tuple[int
 def _fold(uuid: str, gpu: _Gpu) -> GpuSample | None:
     """MIG instances (weighted by compute slices) win over the GPU-level metrics, which are void under MIG."""
     if gpu.instances:
-        if gpu.compute_slices:
-            busy = sum(p * s for p, _, s in gpu.instances) / gpu.compute_slices
-        else:
-            busy = sum(p for p, _, _ in gpu.instances) / len(gpu.instances)
-        return GpuSample(uuid, min(busy, 100.0), min(at for _, at, _ in gpu.instances), mig=True)
+        return mig_gpu_sample(uuid, [(p, s) for p, _, s in gpu.instances], compute_slices=gpu.compute_slices,
+                              at=min(at for _, at, _ in gpu.instances))
     chosen = gpu.util or gpu.engine
     return GpuSample(uuid, chosen[0], chosen[1]) if chosen else None
 

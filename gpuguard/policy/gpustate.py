@@ -371,6 +371,25 @@ class GpuSample:
     """Measured on a MIG-enabled GPU (per-instance engine activity folded into the parent GPU)."""
 
 
+def mig_gpu_sample(
+    uuid: str, instances: Iterable[tuple[float, int]], *, compute_slices: int, at: float
+) -> GpuSample | None:
+    """A MIG-enabled GPU's utilization from its instances' engine activity (percent, compute slices each).
+
+    Weighted by compute slices over the GPU's `compute_slices` (a 3g instance weighs three 1g ones; instances without
+    a sample count as idle); the plain mean when the catalog does not know the GPU (`compute_slices` 0).
+    None when no instance has a sample.
+    """
+    measured = list(instances)
+    if not measured:
+        return None
+    if compute_slices:
+        busy = sum(percent * slices for percent, slices in measured) / compute_slices
+    else:
+        busy = sum(percent for percent, _ in measured) / len(measured)
+    return GpuSample(uuid, min(max(busy, 0.0), 100.0), at, mig=True)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeUtilization:
     """A node's GPU utilization samples, with what scoring needs precomputed.

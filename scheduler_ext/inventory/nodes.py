@@ -38,6 +38,7 @@ from gpuguard.policy.gpustate import (
     catalog_gpu,
     follows_catalog,
     observed_geometry,
+    mig_gpu_sample,
     synthesize_layout,
 )
 from gpuguard.policy.podspec import mapping
@@ -79,7 +80,7 @@ def node_facts(node: dict[str, Any], *, catalog: MigCatalog = mig.BUILTIN) -> No
         whole_gpus=tuple(g.uuid for g in inventory.gpus if not g.mig.enabled) if inventory else (),
         physical_gpus=physical,
         mig_single=labels.get(STRATEGY_LABEL) == "single",
-        reported=_reported(inventory),
+        reported=_reported(inventory, catalog),
         sharing=str(labels.get(SHARING_LABEL) or ""),
     )
     return NodeFacts(name, str(metadata.get("resourceVersion") or ""), state, problem, inventory)
@@ -89,7 +90,8 @@ def with_catalog(facts: NodeFacts, catalog: MigCatalog) -> NodeFacts:
     """The same node's facts with its MIG layout resolved through another catalog (a policy added a model)."""
     state = facts.state
     layout = _mig_gpus(facts.inventory, state.product, dict(state.allocatable), state.physical_gpus, catalog)
-    return replace(facts, state=replace(state, mig_gpus=layout, held=None))
+    reported = _reported(facts.inventory, catalog)
+    return replace(facts, state=replace(state, mig_gpus=layout, held=None, reported=reported))
 
 
 def _inventory(text: object) -> tuple[NodeInventory | None, str]:
@@ -142,13 +144,24 @@ def _reported_layout(gpus: Sequence[GpuInventory], catalog: MigCatalog) -> tuple
     )
 
 
-def _reported(inventory: NodeInventory | None) -> NodeUtilization | None:
+def _reported(inventory: NodeInventory | None, catalog: MigCatalog) -> NodeUtilization | None:
+    """Utilization the agent measured: per whole GPU, and per MIG GPU folded from its instances' engine activity
+    (the same weighting as Prometheus' `DCGM_FI_PROF_GR_ENGINE_ACTIVE` samples get)."""
     if inventory is None:
         return None
     at = inventory.ts.timestamp()
-    samples = tuple(
-        GpuSample(g.uuid, g.util_percent, at)
-        for g in inventory.gpus
-        if g.util_percent is not None and not g.mig.enabled
-    )
-    return NodeUtilization(samples) if samples else None
+    samples = [GpuSample(g.uuid, g.util_percent, at) for g in inventory.gpus
+               if g.util_percent is not None and not g.mig.enabled]
+    samples += [s for g in inventory.gpus if g.mig.enabled and (s := _reported_mig_sample(g, at, catalog)) is not None]
+    return NodeUtilization(tuple(samples)) if samples else None
+
+
+def _reported_mig_sample(gpu: GpuInventory, at: float, catalog: MigCatalog) -> GpuSample | None:
+    model = catalog.model_for_product(gpu.product)
+    instances = []
+    for device in gpu.mig.devices:
+        profile = model.profile(device.profile) if model is not None else None
+        if device.util_percent is not None:
+            instances.append((device.util_percent, profile.compute_slices if profile else 1))
+    total = model.compute_slices if model is not None else 0
+    return mig_gpu_sample(gpu.uuid, instances, compute_slices=total, at=at)

@@ -240,3 +240,45 @@ def test_a_policy_that_adds_a_model_gives_its_nodes_a_layout_at_once() -> None:
     assert state.mig_gpus[0].model == "NEXT-GPU"
     store.use_catalog(policy.catalog)
     assert store.generation == before + 1, "the same catalog again changes nothing"
+def with_mig_activity(name: str, percents: list[list[float | None]], *, rename: str = "") -> dict[str, Any]:
+    """The node with `utilPercent` on its MIG devices, GPU by GPU in device order (None: left out)."""
+    node = copy.deepcopy(cluster_node(name))
+    annotations = node["metadata"]["annotations"]
+    inventory = json.loads(annotations["gpuguard.io/gpu-inventory"])
+    for gpu, values in zip((g for g in inventory["gpus"] if g["mig"]["enabled"]), percents):
+        for device, value in zip(gpu["mig"]["devices"], values):
+            if value is not None:
+                device["utilPercent"] = value
+    annotations["gpuguard.io/gpu-inventory"] = json.dumps(inventory)
+    if rename:
+        node["metadata"]["name"] = rename
+    return node
+
+
+def test_mig_activity_in_the_annotation_becomes_each_gpus_utilization_weighted_by_compute_slices() -> None:
+    # GPU 0: 3g.40gb at 80 %, 2g.20gb at 50 %, 1g.10gb idle -> (3*80 + 2*50 + 0) / 7 compute slices.
+    state = node_facts(with_mig_activity("gpu-h100-mig-a", [[80, 50, 0], [100] + [None] * 6])).state
+    assert state.reported is not None
+    by_uuid = {s.uuid: s for s in state.reported.samples}
+    first, second = (by_uuid[g.uuid] for g in state.mig_gpus)
+    assert first.mig and first.percent == pytest.approx((3 * 80 + 2 * 50) / 7)
+    assert second.percent == pytest.approx(100 / 7)  # the others measured nothing: idle, as in Prometheus' fold
+    assert first.at == INVENTORY_TIME
+
+
+def test_an_annotation_without_mig_activity_reports_no_mig_utilization() -> None:
+    state = node_facts(cluster_node("gpu-h100-mig-a")).state
+    assert state.reported is None or not any(s.mig for s in state.reported.samples)
+
+
+def test_the_extender_prefers_the_mig_node_whose_agent_reports_it_idle_when_prometheus_has_nothing() -> None:
+    from gpuguard.policy.scoring import score_nodes
+
+    busy = node_facts(with_mig_activity("gpu-h100-mig-a", [[100, 100, 100], [100] * 7], rename="busy")).state
+    idle = node_facts(with_mig_activity("gpu-h100-mig-a", [[0, 0, 0], [0] * 7], rename="idle")).state
+    request = gpu_request({"spec": {"containers": [{"name": "m", "resources": {"limits": {MIG_1G: "1"}}}]}})
+    scheduling = policy_with().scheduling
+    scores = score_nodes(request, [busy, idle], utilization={}, scheduling=scheduling, now=INVENTORY_TIME + 5)
+    assert scores[1] > scores[0]
+    stale = score_nodes(request, [busy, idle], utilization={}, scheduling=scheduling, now=INVENTORY_TIME + 3600)
+    assert stale[0] == stale[1]  # too old to trust: both neutral
