@@ -9,8 +9,9 @@ Limits, since every connection holds a thread: at most `MAX_CONNECTIONS` at once
 are accepted); a client that sends nothing for `IDLE_TIMEOUT` seconds is disconnected, and one that has not sent
 its whole request `REQUEST_DEADLINE` seconds after connecting is too (a byte every few seconds does not keep it
 open); the request line is at most 64 KiB (414 beyond) and the headers at most 100 lines of 64 KiB (431 beyond), the
-standard library's own limits; no endpoint reads a request body. Refusals are answered with a JSON error in fixed
-words (the standard library's HTML page would quote the request); errors are logged by type only.
+standard library's own limits; no endpoint reads a request body, and only GET is served (405 otherwise).
+Refusals are answered with a JSON error in fixed words (the standard library's HTML page, prometheus_client's 405
+and a 404 naming the path would quote the request); errors are logged by type only.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class _QuietHandler(WSGIRequestHandler):
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The refusal as JSON with the status's own phrase: `message` may quote the request line."""
+        if self.request_version == "HTTP/0.9":  # refused before its version was read: answer with a status line
+            self.request_version = "HTTP/1.0"
         phrase = http.HTTPStatus(code).phrase
         body = json.dumps({"error": f"{phrase}: the request line or headers are not acceptable"}).encode()
         self.close_connection = True
@@ -122,6 +125,9 @@ def create_http_app(registry: CollectorRegistry, *, ready: Callable[[], bool]) -
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") != "GET":
+            return _json(start_response, "405 Method Not Allowed", {"error": "only GET is served"},
+                         ("Allow", "GET"))
         if path == "/metrics":
             # Always the Prometheus text format, as dcgm-exporter serves: rendering OpenMetrics (which Prometheus
             # prefers when offered) costs 1.6 times as much CPU per scrape. Compression is still negotiated.
@@ -133,14 +139,15 @@ def create_http_app(registry: CollectorRegistry, *, ready: Callable[[], bool]) -
             if ready():
                 return _json(start_response, "200 OK", {"status": "ready"})
             return _json(start_response, "503 Service Unavailable", {"status": "not ready"})
-        return _json(start_response, "404 Not Found", {"error": f"no such endpoint {path}; try /metrics"})
+        return _json(start_response, "404 Not Found", {"error": "no such endpoint; try /metrics, /healthz or /readyz"})
 
     return app
 
 
-def _json(start_response: StartResponse, status: str, body: dict[str, str]) -> list[bytes]:
+def _json(start_response: StartResponse, status: str, body: dict[str, str], *headers: tuple[str, str]) -> list[bytes]:
+    """A JSON answer; refusals are fixed words, never the request's path or method."""
     data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers])
     return [data]
 
 
