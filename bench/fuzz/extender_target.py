@@ -153,14 +153,8 @@ DICTIONARY = (
 
 
 def test_one_input(data: bytes) -> None:
-    body, structured = jsonfuzz.body_of(data, SEEDS, focus=FOCUS)
-    stats["inputs"] += 1
-    stats["structured"] += structured
-    wire = jsonfuzz.on_the_wire(data, body)
-    stats["encoded"] += wire.coding is not None
-    decoded = jsonfuzz.read_wire(wire, body, MAX_BODY_BYTES)
+    decoded = jsonfuzz.received(data, SEEDS, FOCUS, MAX_BODY_BYTES, stats)
     if decoded is None:
-        stats[f"refused-{wire.status}"] += 1
         return
     check(decoded)
 

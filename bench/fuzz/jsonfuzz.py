@@ -21,6 +21,7 @@ import inspect
 import json
 import sys
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -178,13 +179,10 @@ def nest_an_escape(text: str, fdp: atheris.FuzzedDataProvider) -> str:
     depth of the stack, counting the levels around the key, ending in a UTF-16 escape. A second pass over such a body
     (a surrogate check, say) a frame deeper than the first is where a depth limit was missed: that happens at one
     depth only, so the depths tried cluster there."""
-    positions = [i for i in range(len(text)) if text.startswith('":', i)]
-    if not positions:
+    key = _a_key(text, fdp)
+    if key is None:
         return text
-    end = positions[fdp.ConsumeIntInRange(0, len(positions) - 1)]
-    start = text.rfind('"', 0, end)
-    if start <= 0 or text[start - 1] not in "{,":
-        return text
+    start, end = key
     if fdp.ConsumeBool():
         depth = fdp.ConsumeIntInRange(1, DEEP)
     else:
@@ -285,6 +283,21 @@ class WireBroken(AssertionError):
     """The body decoder did not do what the encoding on the wire calls for."""
 
 
+def received(data: bytes, seeds: Sequence[Any], focus: Sequence[Focus], limit: int,
+             stats: Counter[str]) -> bytes | None:
+    """The body a target's checks see for one fuzz input: made by `body_of`, sent by `on_the_wire`, read back by
+    `read_wire` (None when the server refused it, as it had to); counted in the target's `stats`."""
+    body, structured = body_of(data, seeds, focus=focus)
+    stats["inputs"] += 1
+    stats["structured"] += structured
+    wire = on_the_wire(data, body)
+    stats["encoded"] += wire.coding is not None
+    decoded = read_wire(wire, body, limit)
+    if decoded is None:
+        stats[f"refused-{wire.status}"] += 1
+    return decoded
+
+
 def read_wire(wire: Wire, body: bytes, limit: int) -> bytes | None:
     """The decoded body, checked to be the one sent; None when it was refused, as it had to be."""
     try:
@@ -303,13 +316,22 @@ def read_wire(wire: Wire, body: bytes, limit: int) -> bytes | None:
 
 def _repeat_a_key(text: str, fdp: atheris.FuzzedDataProvider) -> str:
     """Insert `"key":value,` in front of an existing `"key":`, so the key appears twice in one object."""
+    key = _a_key(text, fdp)
+    if key is None:
+        return text
+    start, end = key
+    value = json.dumps(_value(fdp), separators=(",", ":"))
+    return f"{text[:start]}{text[start:end + 1]}:{value},{text[start:]}"
+
+
+def _a_key(text: str, fdp: atheris.FuzzedDataProvider) -> tuple[int, int] | None:
+    """Where one object key of a compact JSON text starts (its opening quote) and ends (its closing quote), chosen
+    by the bytes; None when the choice is not a key after all (a string value that happens to contain `":`)."""
     positions = [i for i in range(len(text)) if text.startswith('":', i)]
     if not positions:
-        return text
+        return None
     end = positions[fdp.ConsumeIntInRange(0, len(positions) - 1)]
     start = text.rfind('"', 0, end)
     if start <= 0 or text[start - 1] not in "{,":
-        return text
-    key = text[start:end + 1]
-    value = json.dumps(_value(fdp), separators=(",", ":"))
-    return f"{text[:start]}{key}:{value},{text[start:]}"
+        return None
+    return start, end

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from gpuguard.web import serving
 from node_agent.serving import HttpServer, create_http_app
 from tests.conftest import review_body
+from tests.hardening import wire
 from tests.hardening.inprocess import InProcessServer
 from webhook.settings import MAX_BODY_BYTES
 
@@ -148,15 +149,6 @@ def test_the_agent_bounds_request_lines_and_headers_and_never_reads_a_body(
     assert exchange(agent_port, b"GET /healthz HTTP/1.1\r\n\r\n").split(b" ")[1] == b"200"
 
 
-def whole_reply(port: int, raw: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as connection:
-        connection.sendall(raw)
-        reply = b""
-        while chunk := connection.recv(65536):
-            reply += chunk
-    return reply
-
-
 @pytest.mark.parametrize("raw", [
     b"GET /s3cr3t-Mark3r" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n",
     b"GET /metrics HTTP/1.1\r\nX-Key: s3cr3t-Mark3r" + b"a" * 70_000 + b"\r\n\r\n",
@@ -164,10 +156,10 @@ def whole_reply(port: int, raw: bytes) -> bytes:
     b"GET /metrics s3cr3t-Mark3r/1.1\r\n\r\n",
 ], ids=["request-line", "header", "method", "version"])
 def test_the_agents_refusals_are_json_that_quotes_nothing_of_the_request(agent_port: int, raw: bytes) -> None:
-    head, _, body = whole_reply(agent_port, raw).partition(b"\r\n\r\n")
-    assert int(head.split(b" ")[1]) >= 400 and b"Content-Type: application/json" in head
-    assert set(json.loads(body)) == {"error"}
-    assert b"s3cr3t" not in (head + body).lower().replace(b"-", b"")
+    reply = wire.exchange(agent_port, raw)
+    assert reply.status >= 400 and reply.headers["content-type"] == "application/json"
+    assert set(reply.json()) == {"error"}
+    assert "s3cr3t" not in (json.dumps(reply.headers) + reply.body.decode()).lower().replace("-", "")
 
 
 @pytest.fixture
