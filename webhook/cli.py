@@ -21,8 +21,23 @@ if TYPE_CHECKING:
 WEBHOOK_HELP = "run the mutating + validating admission webhook (HTTPS)"
 
 
+WEBHOOK_DESCRIPTION = """
+Serve /mutate and /validate to kube-apiserver over HTTPS: in-scope KServe predictor pods get their GPU, tolerations,
+node selector, scheduler and Triton metrics annotations; bad GPU requests in pods and InferenceServices are denied,
+warned or counted per the policy's mode, each with its fix. The policy file is re-read when it changes; a broken
+version is refused and the last good one stays in force. /metrics is served on its own plain-HTTP port.
+
+Exit status: 2 when the policy or the certificate cannot be used at start.
+"""
+
+
 def add_webhook_parser(commands: Any) -> None:
-    add_webhook_arguments(commands.add_parser("webhook", help=WEBHOOK_HELP))
+    add_webhook_arguments(add_command(
+        commands, "webhook", summary=WEBHOOK_HELP, description=WEBHOOK_DESCRIPTION,
+        examples=["gpuguard webhook --policy /etc/gpuguard/policy.yaml --tls-cert tls.crt --tls-key tls.key",
+                  "gpuguard webhook --self-signed /tmp/gpuguard-tls --service-name gpuguard-webhook "
+                  "--namespace gpuguard"],
+    ))
 
 
 def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
