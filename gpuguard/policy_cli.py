@@ -52,7 +52,7 @@ def add_policy_parser(commands: Any) -> None:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    source = "<stdin>" if str(args.file) == "-" else str(args.file)
+    source = "standard input" if str(args.file) == "-" else str(args.file)
     try:
         text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

@@ -135,4 +135,4 @@ def test_policy_schema_prints_the_reference() -> None:
 def test_policy_check_reads_standard_input() -> None:
     result = gpuguard("policy", "check", "-", stdin="apiVersion: gpuguard.io/v1\nkind: GpuPolicy\nmod: warn\n")
     assert result.returncode == 1
-    assert "<stdin>:3:1: mod: unknown field 'mod'; did you mean 'mode'?" in result.stderr
+    assert "standard input:3:1: mod: unknown field 'mod'; did you mean 'mode'?" in result.stderr
