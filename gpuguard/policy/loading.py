@@ -92,7 +92,7 @@ def _load_yaml(text: str) -> dict[str, Any]:
         problem = getattr(error, "problem", None) or str(error)
         raise PolicyError([PolicyIssue("", f"not valid YAML: {where}{problem}")]) from None
     if document is None:
-        raise PolicyError([PolicyIssue("", "the policy is empty; start from the example in the README")])
+        raise PolicyError([PolicyIssue("", "the policy is empty; start from examples/policy.yaml (docs/policy.md)")])
     if not isinstance(document, dict):
         raise PolicyError([PolicyIssue("", f"the policy must be a mapping, got {type(document).__name__}")])
     return document
@@ -209,7 +209,7 @@ def unknown_profile_message(profile: str, catalog: MigCatalog = mig.BUILTIN) -> 
     return (
         f"unknown MIG profile {quoted(profile)}: no GPU model in gpuguard's catalog offers it{meant} The nearest known "
         f"profiles are {', '.join(nearest)}. For a GPU newer than this gpuguard, add its model and profiles to the "
-        "policy under migCatalog.models (see the README)"
+        "policy under migCatalog.models (docs/policy.md)"
     )
 
 
