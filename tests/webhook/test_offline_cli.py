@@ -101,7 +101,7 @@ def test_several_files_are_all_checked_in_order_with_stdin_among_them() -> None:
                             "-f", str(OFFLINE / "bad-annotations.yaml"), stdin=stdin)
     assert code == 1
     assert list(decisions(document)) == ["models/fine", "models/greedy", "models/from-a", "models/small-profile",
-                                         "models/count-in-words", "models/typo"]
+                                         "models/count-in-words", "models/typo", "models/small-on-a30"]
     assert [item["source"] for item in document["items"]][2] == "-"
 
 
@@ -214,3 +214,10 @@ def test_mutate_warns_about_bad_override_annotations(name: str, warning: str) ->
     result = gpuguard("mutate", "-f", str(OFFLINE / "bad-annotations.yaml"))
     block = result.stdout.split(f"InferenceService models/{name}")[1].split("\napiVersion")[0]
     assert warning in block
+
+
+def test_an_inferenceservice_is_refused_when_its_pods_would_be() -> None:
+    _, document = report("validate", "-f", str(OFFLINE / "bad-annotations.yaml"))
+    pinned = next(item for item in document["items"] if item["name"] == "small-on-a30")
+    assert pinned["decision"] == "denied" and pinned["rule"] == "small-models-on-mig"
+    assert "nvidia.com/mig-1g.10gb does not exist on NVIDIA-A30 (A30)" in pinned["problems"][0]["message"]
