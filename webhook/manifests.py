@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from gpuguard.policy.loading import yaml_error_text
+
 SUFFIXES = (".yaml", ".yml", ".json")
 STDIN = "-"
 
@@ -78,10 +80,7 @@ def _load(text: str, source: str, *, as_json: bool) -> list[Any]:
     except json.JSONDecodeError as error:
         raise ManifestError(f"{source}: not valid JSON: line {error.lineno}, column {error.colno}: {error.msg}") from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise ManifestError(f"{source}: not valid YAML: {where}{problem}") from None
+        raise ManifestError(f"{source}: {yaml_error_text(error)}") from None
 
 
 def _objects(source: str, documents: Iterable[Any], *, what: str) -> list[Manifest]:

@@ -87,15 +87,19 @@ def _load_yaml(text: str) -> dict[str, Any]:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise PolicyError([PolicyIssue("", f"not valid YAML: {where}{problem}")]) from None
+        raise PolicyError([PolicyIssue("", yaml_error_text(error))]) from None
     if document is None:
         raise PolicyError([PolicyIssue("", "the policy is empty; start from examples/policy.yaml (docs/policy.md)")])
     if not isinstance(document, dict):
         raise PolicyError([PolicyIssue("", f"the policy must be a mapping, got {type(document).__name__}")])
     return document
+
+
+def yaml_error_text(error: yaml.YAMLError) -> str:
+    """`not valid YAML: line 3, column 7: mapping values are not allowed here`."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"not valid YAML: {where}{getattr(error, 'problem', None) or error}"
 
 
 def _issue_from_pydantic(detail: ErrorDetails) -> PolicyIssue:
