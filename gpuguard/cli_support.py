@@ -49,11 +49,12 @@ def help_text(description: str) -> str:
     return "\n\n".join(textwrap.fill(part, HELP_WIDTH) for part in paragraphs)
 
 
-def add_policy_argument(parser: argparse.ArgumentParser) -> None:
+def add_policy_argument(parser: argparse.ArgumentParser, *, reloaded: bool = True) -> None:
+    """`--policy FILE`; `reloaded` says whether the command keeps running and re-reads it when it changes."""
     parser.add_argument(
         "--policy", type=Path, default=env_default("POLICY"),
-        help="policy YAML, re-read when it changes (default: the built-in policy, examples/policy.yaml; "
-        "env GPUGUARD_POLICY)",
+        help=f"policy YAML{', re-read when it changes' if reloaded else ''} (default: the built-in policy, "
+        "examples/policy.yaml; env GPUGUARD_POLICY)",
     )
 
 

@@ -97,7 +97,7 @@ def add_offline_parsers(commands: Any) -> None:
                              examples=examples)
         parser.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-",
                             help="manifest file, directory (recursive) or - for stdin; repeat for more")
-        add_policy_argument(parser)
+        add_policy_argument(parser, reloaded=False)
         parser.add_argument("-n", "--namespace", default="default", help="namespace for objects that do not set one")
         parser.add_argument("-o", "--output", choices=[output, "json"], default=output,
                             help=f"{output} (default) or json: one entry per object and the counts, for tools")
