@@ -11,6 +11,7 @@ line and column of its field (`gpuguard.policy.positions`). Pure: callers read f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -116,7 +117,17 @@ def _issue_from_pydantic(detail: ErrorDetails) -> PolicyIssue:
         message = f"{message} (got {detail['input']!r})"
     if kind == "literal_error":
         message += did_you_mean(detail["input"], schema.choices_at(detail["loc"]))
+    if kind == "string_pattern_mismatch":
+        message += _name_hint(detail["input"], str(detail.get("ctx", {}).get("pattern", "")))
     return PolicyIssue(path, message)
+
+
+def _name_hint(value: object, pattern: str) -> str:
+    """`"; did you mean 'small-models'?"` for a name the pattern refuses only for its case, spaces or symbols."""
+    if not isinstance(value, str) or not pattern:
+        return ""
+    candidate = re.sub(r"[^a-z0-9.]+", "-", value.lower()).strip("-.")
+    return f"; did you mean {candidate!r}?" if candidate != value and re.fullmatch(pattern, candidate) else ""
 
 
 def unknown_key_message(loc: Sequence[int | str]) -> str:

@@ -142,7 +142,7 @@ class RuleMatch(PolicyModel):
 class Rule(PolicyModel):
     """A named override of the defaults; the first matching rule wins and replaces each defaults key it sets."""
 
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=63)
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=63, examples=["llm"])
     """Unique; recorded on admitted pods as `gpuguard.io/applied` and in the webhook's metrics."""
     match: RuleMatch = RuleMatch()
     """Which objects the rule applies to; an empty match applies to all."""

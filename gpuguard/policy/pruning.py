@@ -2,11 +2,12 @@
 
 pydantic reports every schema error in one pass, but the checks that span fields (catalog membership, limits,
 unique names) need a loaded `Policy`. So each part that fails the schema is cut out of a copy of the document, pass
-after pass, until the rest loads, and those checks run on what remains. Only the first pass's errors are the
+after pass, until the rest loads, and those checks run on what remains. A required field with an example in its model
+(a rule's `name`) stands in with the example first, so one bad name does not hide the rest of its rule. Only the first pass's errors are the
 author's; later passes only find the consequences of earlier cuts. A later check's path is mapped back to the
 original document (a cut list item would shift the indices after it), and a check that names a cut field (`exceeds
-limits.maxGpusPerPod (8)` after a broken maxGpusPerPod fell back to its default) is dropped, since it describes the
-default, not the file. Pure.
+limits.maxGpusPerPod (8)` after a broken maxGpusPerPod fell back to its default), or that sits at a cut field, is
+dropped, since it describes the default or the stand-in, not the file. Pure.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from gpuguard.policy.positions import Loc, parse_path
+from gpuguard.policy.schema import field_at
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -43,9 +45,10 @@ class Salvage(Generic[Model]):
 
     def relocate(self, path: str, message: str, *, path_of: Callable[[Loc], str]) -> str | None:
         """The original document's path for a later check's `path`, or None when the check is about a cut."""
-        if any(_names(message, path_of(cut)) for cut in self.cuts):
+        original = self.original(parse_path(path))
+        if any(_names(message, path_of(cut)) or original[: len(cut)] == cut for cut in self.cuts):
             return None
-        return path_of(self.original(parse_path(path)))
+        return path_of(original)
 
     def original(self, loc: Loc) -> Loc:
         """`loc` in the cut document -> the same place in the original document."""
@@ -94,12 +97,25 @@ def _cut(state: Salvage[Any], model: type[BaseModel], locs: Sequence[Loc]) -> bo
                 return False
             continue
         parent, key, at = found
+        if at == tuple(loc) and _stand_in(state, model, parent, key, at):
+            continue
         targets[(id(parent), key)] = (parent, key, at)
     # Map every target to the original document before anything moves, then delete list items from the highest
     # index down so the lower indices stay valid.
     state.cuts += [state.original(at) for _, _, at in targets.values()]
     for parent, key, _ in sorted(targets.values(), key=lambda t: t[1] if isinstance(t[1], int) else -1, reverse=True):
         _delete(state, parent, key)
+    return True
+
+
+def _stand_in(state: Salvage[Any], model: type[BaseModel], parent: Any, key: int | str, at: Loc) -> bool:
+    """Put a required field's example in place of its bad value, once; False when it has none or had its turn."""
+    info = field_at(at, model)
+    original = state.original(at)
+    if info is None or not info.is_required() or not info.examples or original in state.cuts:
+        return False
+    state.cuts.append(original)
+    parent[key] = info.examples[0]
     return True
 
 

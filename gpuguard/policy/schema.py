@@ -61,14 +61,22 @@ def _step(annotation: Any, part: int | str) -> Any | None:
     return None
 
 
-def annotation_at(loc: Loc) -> Any | None:
+def annotation_at(loc: Loc, root: type[BaseModel] = Policy) -> Any | None:
     """The type at a policy path (`('rules', 0, 'gpu')` -> `GpuSpec | None`); None when the path leaves the schema."""
-    annotation: Any = Policy
+    annotation: Any = root
     for part in loc:
         annotation = _step(annotation, part)
         if annotation is None:
             return None
     return annotation
+
+
+def field_at(loc: Loc, root: type[BaseModel] = Policy) -> FieldInfo | None:
+    """The model field a path ends at (`('rules', 0, 'name')` -> `Rule.name`); None when it ends elsewhere."""
+    if not loc or not isinstance(loc[-1], str):
+        return None
+    model = next((arm for arm in _arms(annotation_at(loc[:-1], root)) if _is_model(arm)), None)
+    return _field(model, loc[-1]) if model is not None else None
 
 
 def keys_at(loc: Loc) -> tuple[str, ...]:

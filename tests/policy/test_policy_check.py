@@ -28,7 +28,7 @@ def test_every_mistake_is_reported_in_one_run_each_at_its_line_and_column() -> N
     result = gpuguard("policy", "check", SOURCE)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert lines[0] == f"{SOURCE}: 9 problems:"
+    assert lines[0] == f"{SOURCE}: 10 problems:"
     where = [line.split(": ", 2)[:2] for line in lines[1:]]
     assert where == [
         [f"  {SOURCE}:4:1", "mode"],
@@ -37,10 +37,11 @@ def test_every_mistake_is_reported_in_one_run_each_at_its_line_and_column() -> N
         [f"  {SOURCE}:11:3", "defaults.nodeSelectr"],
         [f"  {SOURCE}:15:11", "rules[0].gpu.count"],
         [f"  {SOURCE}:16:5", "rules[1].name"],
-        [f"  {SOURCE}:18:11", "rules[2].gpu.migProfile"],
-        [f"  {SOURCE}:21:42", "limits.allowedMigProfiles[2]"],
-        [f"  {SOURCE}:23:3", "scheduling.maxGpuUtilization"],
-    ], "schema errors and catalog checks come together, in file order, a cut rule not shifting the next one's index"
+        [f"  {SOURCE}:17:11", "rules[1].gpu.migProfile"],
+        [f"  {SOURCE}:19:11", "rules[2].gpu.migProfile"],
+        [f"  {SOURCE}:22:42", "limits.allowedMigProfiles[2]"],
+        [f"  {SOURCE}:24:3", "scheduling.maxGpuUtilization"],
+    ], "schema errors and catalog checks come together, in file order, a rule's bad name hiding nothing else in it"
 
 
 @pytest.mark.parametrize(
@@ -50,6 +51,7 @@ def test_every_mistake_is_reported_in_one_run_each_at_its_line_and_column() -> N
         ("namespaces['sandbox-*'].limit", "did you mean 'limits'?"),
         ("defaults.tolerations[0].operator", "did you mean 'Exists'?"),
         ("defaults.nodeSelectr", "did you mean 'nodeSelector'?"),
+        ("rules[1].name", "did you mean 'small'?"),
         ("rules[2].gpu.migProfile", "did you mean '1g.10gb'?"),
         ("limits.allowedMigProfiles[2]", "did you mean '3g.40gb'?"),
     ],
@@ -136,3 +138,18 @@ def test_policy_check_reads_standard_input() -> None:
     result = gpuguard("policy", "check", "-", stdin="apiVersion: gpuguard.io/v1\nkind: GpuPolicy\nmod: warn\n")
     assert result.returncode == 1
     assert "standard input:3:1: mod: unknown field 'mod'; did you mean 'mode'?" in result.stderr
+
+
+def test_a_rule_whose_name_stands_in_reports_no_duplicate_of_the_stand_in() -> None:
+    text = "apiVersion: gpuguard.io/v1\nkind: GpuPolicy\nrules: [{name: llm}, {name: LLM}, {name: x, gpu: {count: 9}}]\n"
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text)
+    assert [issue.path for issue in caught.value.issues] == ["rules[1].name", "rules[2].gpu.count"]
+
+
+def test_a_list_item_cut_out_does_not_shift_the_paths_of_those_after_it() -> None:
+    text = ("apiVersion: gpuguard.io/v1\nkind: GpuPolicy\n"
+            "rules: [just-a-name, {name: b, gpu: {migProfile: 1g.11gb}}]\n")
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text)
+    assert [issue.path for issue in caught.value.issues] == ["rules[0]", "rules[1].gpu.migProfile"]
