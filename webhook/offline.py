@@ -18,7 +18,7 @@ import json
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -116,7 +116,7 @@ def _examine_pod(manifest: Manifest, policy: Policy, *, namespace: str) -> Check
     patched = jsonpatch.apply_patch(pod, decode_patch(mutated.response)) if mutated.response.patch else pod
     verdict = validate(request.model_copy(update={"object": patched}), policy)
     return Checked(manifest, _FROM_REVIEW[verdict.decision], patched, verdict.rule, changes=mutated.changes,
-                   warnings=tuple(mutated.response.warnings or ()), problems=verdict.problems)
+                   warnings=_unrepeated(mutated.response.warnings or (), verdict.problems), problems=verdict.problems)
 
 
 def _examine_isvc(manifest: Manifest, policy: Policy, *, namespace: str) -> Checked:
@@ -125,9 +125,17 @@ def _examine_isvc(manifest: Manifest, policy: Policy, *, namespace: str) -> Chec
     if outcome.decision == "skipped":
         return Checked(manifest, "skipped", isvc, outcome.rule, reason='opted out with gpuguard.io/skip: "true"')
     pods = inferenceservice.judge(isvc, policy, namespace=_namespace(isvc, namespace))
-    warnings = tuple(dict.fromkeys([*pods.mutation_warnings, *pods.warnings]))
+    warnings = _unrepeated([*pods.mutation_warnings, *pods.warnings], outcome.problems)
     return Checked(manifest, _FROM_REVIEW[outcome.decision], isvc, outcome.rule, changes=pods.changes,
                    warnings=warnings, problems=outcome.problems)
+
+
+def _unrepeated(warnings: Sequence[str], problems: Sequence[Problem]) -> tuple[str, ...]:
+    """The warnings, less mutation's `ignored: <problem>` for a problem validation reports itself."""
+    reported = [f"{problem.message}. Fix: {problem.fix}" for problem in problems]
+    return tuple(dict.fromkeys(
+        w for w in warnings if not (w.startswith("ignored: ") and any(w.endswith(r) for r in reported))
+    ))
 
 
 def exit_code(checked: list[Checked]) -> int:
