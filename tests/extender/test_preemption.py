@@ -1,7 +1,8 @@
 """What kube-scheduler's preemption may do with the extender's refusals, read off the filter reply on the wire.
 
-kube-scheduler treats a node in `FailedNodes` as one where evicting lower-priority pods might help, and its
-DefaultPreemption skips the nodes in `FailedAndUnresolvableNodes` (`reference/domain.md` §1.3). So only a node short of
+kube-scheduler treats a node in `FailedNodes` as one where evicting lower-priority pods might help, and records the
+nodes in `FailedAndUnresolvableNodes` as UnschedulableAndUnresolvable, which its DefaultPreemption skips
+(kubernetes/kubernetes pkg/scheduler/schedule_one.go, `findNodesThatPassExtenders`). So only a node short of
 free GPUs may be listed as failed: evicting pods frees GPUs, and the in-tree NodeResourcesFit sees the same GPU
 resources, so its dry run models it. A node whose GPUs are too busy, of the wrong product, without the resource, or
 not yet in the extender's cache is unresolvable: no eviction changes the utilization samples (they lag, and the load
