@@ -113,7 +113,7 @@ class Agent:
         self._reporter = InventoryReporter(api, settings.node_name, metrics=metrics, dry_run=settings.dry_run,
                                            say=say) if api else None
         self._slicer = TimeSlicer(api, settings.node_name, metrics=metrics, dry_run=settings.dry_run,
-                                  say=say) if api else None
+                                  say=say, clock=clock, settle=settings.time_slicing_settle) if api else None
         self._node: _NodeView | None = None
         self._sliced_generation = 0
         """The policy generation time-slicing was last applied for (0: never)."""

@@ -32,6 +32,7 @@ from node_agent.metrics import AgentMetrics
 from node_agent.podresources import SOCKET, PodResourcesClient
 from node_agent.serving import HttpServer, create_http_app
 from node_agent.settings import AgentSettings, BackendName
+from node_agent.timeslicing import SETTLE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
     cluster.add_argument("--cluster-state", type=Path, metavar="FILE",
                          help="read and write a cluster-state file instead of an API server")
+    parser.add_argument(
+        "--time-slicing-settle", type=float, metavar="S",
+        default=float(env_default("TIME_SLICING_SETTLE") or SETTLE_SECONDS),
+        help=f"seconds a new time-slicing entry sits in the ConfigMap before the node's label names it, so the "
+             f"kubelet has projected it into the device plugin's volume (default {SETTLE_SECONDS:g}); 0 where no "
+             f"kubelet mounts it, as with --cluster-state",
+    )
     parser.add_argument("--once", action="store_true", help="run one cycle, print the inventory JSON, exit")
     parser.add_argument("--dry-run", action="store_true",
                         help="print every change to the node and the ConfigMap instead of making it")
@@ -92,6 +100,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     if args.interval <= 0:
         raise ValueError(f"--interval must be positive, got {args.interval}")
+    if args.time_slicing_settle < 0:
+        raise ValueError(f"--time-slicing-settle must be 0 or more seconds, got {args.time_slicing_settle}")
     has_cluster = bool(args.kubeconfig or args.in_cluster or args.cluster_state)
     if not args.node_name and has_cluster:
         raise ValueError("give --node-name or set NODE_NAME (in the chart: fieldRef spec.nodeName)")
@@ -102,6 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         pod_resources_socket=Path(args.pod_resources_socket) if args.pod_resources_socket else None,
         metrics_port=args.metrics_port, interval=args.interval, kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster, cluster_state=args.cluster_state, once=args.once, dry_run=args.dry_run,
+        time_slicing_settle=args.time_slicing_settle,
     )
 
 

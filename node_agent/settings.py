@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from node_agent.podresources import SOCKET
+from node_agent.timeslicing import SETTLE_SECONDS
 
 BackendName = Literal["nvml", "fake", "null"]
 
@@ -41,6 +42,9 @@ class AgentSettings:
     node_refresh: float = 60.0
     """Seconds between reads of the Node (labels for time-slicing, the annotation as stored). Labels change rarely,
     so reading every cycle would only load the API server; a policy change triggers a read at once."""
+    time_slicing_settle: float = SETTLE_SECONDS
+    """Seconds between first seeing a time-slicing entry in the ConfigMap and pointing the node's label at it, so the
+    kubelet has projected it into the device plugin's volume; 0 where no kubelet mounts it (a cluster-state file)."""
     backoff_cap: float = 300.0
     """Longest wait, in seconds, between retries after API errors (the first retry waits one interval)."""
 

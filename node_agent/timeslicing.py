@@ -5,7 +5,17 @@ named entry into the device plugin's ConfigMap (`version: v1`, `sharing.timeSlic
 and points the node label `nvidia.com/device-plugin.config` at it. The plugin's config-manager reacts only to that
 label changing: editing an entry in place does nothing until the plugin restarts (NVIDIA/gpu-operator#1144). So an
 entry is never edited once written: its name comes from its content (`gpuguard-ts4-<hash>`), a different content
-gets a different name, and the label is flipped to it. The entry is written before the label points at it.
+gets a different name, and the label is flipped to it. The entry is written before the label points at it, and
+the label is flipped only `SETTLE_SECONDS` after the agent first saw the entry in the ConfigMap: config-manager reads
+the entry from the ConfigMap volume mounted in the device plugin's pod, which the kubelet updates on its own
+schedule (its sync period, one minute by default, plus the ConfigMap cache's delay; see "Mounted ConfigMaps are
+updated automatically" in the Kubernetes documentation). A label naming an entry not yet in that volume makes
+config-manager exit ("specified config ... does not exist", NVIDIA/k8s-device-plugin cmd/config-manager/main.go)
+and its container restart. The agent re-plans at least every node refresh, so the flip follows within a minute of
+the wait. An entry found already in the ConfigMap needs no wait when the API server's record of the ConfigMap's last
+write (`metadata.managedFields[].time`) is older than that; without such a record (a cluster-state file) the wait
+starts when the agent first sees the entry, so a one-shot run (`--once`) writes the entry and leaves the label to a
+later run.
 
 Old entries stay (another node may still use them). When no rule matches any more the label is removed, but only
 if it names one of our entries: a config an admin selected by hand is left alone. A `default` entry without sharing
@@ -21,8 +31,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 import yaml
 
@@ -43,6 +55,9 @@ SHARED_RESOURCE = "nvidia.com/gpu"
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 MIN_REPLICAS = 2
 """The device plugin rejects a time-slicing config with fewer replicas."""
+SETTLE_SECONDS = 120.0
+"""Seconds between first seeing an entry in the ConfigMap and pointing the label at it: the kubelet's default sync
+period (60 s, with up to half of it again as jitter) plus the ConfigMap cache's propagation, with room to spare."""
 WRITE_ATTEMPTS = 3
 """Re-read and retry this often when another agent changed the ConfigMap between our read and write."""
 
@@ -137,6 +152,19 @@ def label_change(current: str | None, entry: Entry | None) -> LabelChange | None
     return None
 
 
+def last_written(config_map: JsonDict | None) -> float | None:
+    """Unix time of the object's newest `managedFields[].time` (the API server sets it on every write), or None."""
+    fields = ((config_map or {}).get("metadata") or {}).get("managedFields") or []
+    times = []
+    for entry in fields if isinstance(fields, list) else []:
+        stamp = entry.get("time") if isinstance(entry, dict) else None
+        try:
+            times.append(datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            continue
+    return max(times) if times else None
+
+
 def describe_label(node: str, change: LabelChange, current: str | None) -> str:
     if change.value is None:
         return f"remove label {LABEL} (was {current}) from node {node}"
@@ -148,22 +176,31 @@ class TimeSlicer:
 
     def __init__(
         self, api: NodeApi, node: str, *, metrics: AgentMetrics, dry_run: bool = False,
-        say: Callable[[str], None] = print,
+        say: Callable[[str], None] = print, settle: float = SETTLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
     ) -> None:
         self._api = api
         self._node = node
         self._metrics = metrics
         self._dry_run = dry_run
         self._say = say
+        self._settle = settle
+        self._clock = clock
+        self._wall = wall
+        self._seen: tuple[str, float] | None = None
+        """The entry waiting to be projected before the label may name it, and when it was first seen."""
 
     def apply(self, config: TimeSlicing, labels: Mapping[str, str]) -> str | None:
         """Make the changes; the label value in force afterwards (as it would be, in a dry run)."""
         current = labels.get(LABEL)
         entry = desired_entry(config, labels)
+        written_at: float | None = None
         if entry is not None:
-            entry = self._ensure_entry(config.config_map, entry)
+            entry, written_at = self._ensure_entry(config.config_map, entry)
         change = label_change(current, entry)
         if change is None:
+            return current
+        if change.value is not None and not self._projected(change.value, written_at):
             return current
         self._report(describe_label(self._node, change, current))
         if not self._dry_run:
@@ -171,22 +208,40 @@ class TimeSlicer:
             self._metrics.time_slicing_changes.labels("label_set" if change.value else "label_removed").inc()
         return change.value
 
-    def _ensure_entry(self, ref: ConfigMapRef, entry: Entry) -> Entry:
+    def _projected(self, name: str, written_at: float | None) -> bool:
+        """Whether the kubelet has had `settle` seconds to put entry `name` into the device plugin's volume.
+
+        `written_at`: unix time of the ConfigMap's last write by the API server's record, when the entry was already
+        there (None when it was just written, or no record exists)."""
+        if self._dry_run or self._settle <= 0:
+            return True
+        if written_at is not None and self._wall() - written_at >= self._settle:
+            return True
+        now = self._clock()
+        if self._seen is None or self._seen[0] != name:
+            self._seen = (name, now)
+            log.info("time-slicing: entry %s is in the ConfigMap; label %s on node %s will name it in %.0f s, once "
+                     "the kubelet has had time to project it into the device plugin's volume",
+                     name, LABEL, self._node, self._settle)
+        return now - self._seen[1] >= self._settle
+
+    def _ensure_entry(self, ref: ConfigMapRef, entry: Entry) -> tuple[Entry, float | None]:
+        """The entry as named in the ConfigMap, and when the ConfigMap was last written if the entry was there."""
         for _ in range(WRITE_ATTEMPTS):
             existing = self._api.read_config_map(ref.namespace, ref.name)
             update, entry = with_entry(existing, ref, entry)
             if update is None:
-                return entry
+                return entry, last_written(existing)
             action = "create" if existing is None else "update"
             self._report(f"{action} ConfigMap {ref.namespace}/{ref.name}: add entry {entry.name}:\n{entry.text}")
             if self._dry_run:
-                return entry
+                return entry, None
             try:
                 (self._api.create_config_map if existing is None else self._api.replace_config_map)(update)
             except Conflict:
                 continue  # another node's agent wrote first: read again and merge
             self._metrics.time_slicing_changes.labels("entry_written").inc()
-            return entry
+            return entry, None
         raise NodeApiError(f"write ConfigMap {ref.namespace}/{ref.name}",
                            f"still conflicting with other writers after {WRITE_ATTEMPTS} attempts")
 

@@ -1,10 +1,12 @@
 """The extender's HTTP shell: parse ExtenderArgs, resolve node states, call the pure decision, encode the reply.
 
-Errors are translated here, once, into the protocol's channel. `/filter` always answers 200: a body that is not an
-ExtenderArgs, a body over the size limit, a node cache that is not ready, or a bug all come back in `Error` (the
-scheduler then fails this attempt and retries, or skips us if `ignorable`). `/prioritize` answers zero scores for an
-internal failure (logged), and 400 for a body it cannot read at all (there is no host list to score); kube-scheduler
-ignores failed prioritize calls either way. No exception escapes a handler, and bodies are never logged.
+Errors are translated here, once, into the protocol's channel. `/filter` always answers 200: a body that cannot be
+read (over the size limit, an encoding that does not decode, too slow, the client gone: `gpuguard.web.bodies`), a
+body that is not an ExtenderArgs, a node cache that is not ready, or a bug all come back in `Error` (the scheduler
+then fails this attempt and retries, or skips us if `ignorable`). `/prioritize` answers zero scores for an internal
+failure (logged), and a 4xx with a JSON error for a body it cannot read or parse (there is no host list to score);
+kube-scheduler ignores failed prioritize calls either way. No exception escapes a handler, and bodies are never
+logged.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gpuguard.contracts.extender import (
     encode_priorities,
     parse_args,
 )
+from gpuguard.web.bodies import UnreadableBody, read_body
 from gpuguard.web.logs import log_bug
 from gpuguard.web.policy_source import PolicySource
 from gpuguard.web.serving import add_metrics_route, add_probes
@@ -98,12 +101,12 @@ async def handle_filter(request: web.Request) -> web.Response:
     started = time.perf_counter()
     outcome, result = "ok", ExtenderFilterResult()
     try:
-        args = _parse(app, await request.read())
+        args = await _read_args(request)
         decision = _filter(app, args)
         result = decision.result
         for reason, count in decision.denials.items():
             app[keys.METRICS].denials.labels(reason).inc(count)
-    except (InvalidArgs, web.HTTPRequestEntityTooLarge) as error:
+    except (InvalidArgs, UnreadableBody) as error:
         outcome, result = "bad_request", ExtenderFilterResult(error=f"gpuguard: {_describe(error)}")
     except NotAnswerable as error:
         outcome, result = "error", ExtenderFilterResult(error=str(error))
@@ -119,10 +122,11 @@ async def handle_prioritize(request: web.Request) -> web.Response:
     app = request.app
     started = time.perf_counter()
     try:
-        args = _parse(app, await request.read())
-    except (InvalidArgs, web.HTTPRequestEntityTooLarge) as error:
+        args = await _read_args(request)
+    except (InvalidArgs, UnreadableBody) as error:
         _observe(app, "prioritize", "bad_request", started)
-        return web.json_response({"error": f"gpuguard: {_describe(error)}"}, status=400)
+        status = error.status if isinstance(error, UnreadableBody) else 400
+        return web.json_response({"error": f"gpuguard: {_describe(error)}"}, status=status)
     outcome = "ok"
     try:
         hosts, scores = _prioritize(app, args)
@@ -137,9 +141,12 @@ async def handle_prioritize(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def _parse(app: web.Application, body: bytes) -> ExtenderArgs:
-    """Full-Node requests reuse the Node objects of the previous one whose JSON text is unchanged."""
-    store = app[keys.STORE]
+async def _read_args(request: web.Request) -> ExtenderArgs:
+    """The request's ExtenderArgs; `UnreadableBody` or `InvalidArgs` say why there are none.
+
+    Full-Node requests reuse the Node objects of the previous one whose JSON text is unchanged."""
+    settings, store = request.app[keys.SETTINGS], request.app[keys.STORE]
+    body = await read_body(request, limit=settings.max_body_bytes, timeout=settings.connections.body_timeout)
     args = parse_args(body, known_nodes=store.node_texts)
     if args.nodes is not None:
         store.node_texts = args.nodes.known_texts()
@@ -181,8 +188,8 @@ def _require_cache(app: web.Application) -> None:
 
 
 def _describe(error: Exception) -> str:
-    if isinstance(error, web.HTTPRequestEntityTooLarge):
-        return f"the request body is too large ({error.text}); configure nodeCacheCapable: true to send node names only"
+    if isinstance(error, UnreadableBody) and error.reason == "too_large":
+        return f"{error.message}; configure nodeCacheCapable: true to send node names only"
     return str(error)
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from gpuguard.cli_support import add_command, add_listen_arguments, add_policy_argument, env_default
-from scheduler_ext.settings import DEFAULT_PORT, ExtenderSettings, GcSettings
+from gpuguard.web.limits import add_connection_arguments, limits_from_args
+from scheduler_ext.settings import CONNECTIONS, DEFAULT_PORT, ExtenderSettings, GcSettings
 
 HELP = "run the kube-scheduler extender (filter + prioritize, HTTP)"
 
@@ -68,6 +69,7 @@ def add_extender_arguments(parser: argparse.ArgumentParser) -> None:
         "--gc", choices=["tuned", "default"], default=env_default("GC", "tuned"),
         help="tuned (default): raised GC thresholds and a frozen state; default: Python's own (for comparison)",
     )
+    add_connection_arguments(parser, defaults=CONNECTIONS, tls=False)
     parser.set_defaults(func=run_extender)
 
 
@@ -85,6 +87,7 @@ def settings_from_args(args: argparse.Namespace) -> ExtenderSettings:
         metrics_host=args.metrics_host,
         state_interval=args.state_interval,
         gc=GcSettings(mode=args.gc),
+        connections=limits_from_args(args, CONNECTIONS),
     )
 
 

@@ -3,9 +3,12 @@
 Pure: node states come from the caller (the cache's `GpuIndex` for NodeNames, states built from the request for full
 Nodes), `now` is passed in, and nothing is logged or reserved. The math lives in `gpuguard.policy.scoring` (and its
 indexed twin `gpuguard.policy.gpuindex`, for thousands of names); this module maps it onto the wire: kept nodes in
-request order (`NodeNames` or the original `Nodes`), refusals split into `FailedNodes` (preemption or time may help)
-and `FailedAndUnresolvableNodes` (wrong product, no such resource), nodes the cache does not know refused with a
-reason that says so, and a score for every requested host (0 for unknown ones).
+request order (`NodeNames` or the original `Nodes`), refusals split into `FailedNodes` (not enough free GPUs: evicting
+lower-priority pods frees them, so kube-scheduler's preemption may consider the node) and `FailedAndUnresolvableNodes`
+(wrong product, no such resource, GPUs too busy, a node the cache does not know yet: evicting pods cures none of
+these, and kube-scheduler's DefaultPreemption skips such nodes), and a score for every requested host (0 for unknown
+ones). The extender implements no `preemptVerb`: the in-tree NodeResourcesFit sees the same GPU and MIG resources
+in the node's allocatable, so its dry run already frees what a FailedNodes refusal lacks.
 """
 
 from __future__ import annotations
@@ -78,9 +81,9 @@ def _cannot_judge(request: GpuRequest) -> FilterOutcome:
 
 
 def _outcome(result: ExtenderFilterResult, refusals: Sequence[Refusal], unknown: Sequence[str]) -> FilterOutcome:
-    failed = {name: UNKNOWN_NODE for name in unknown}
-    denials: Counter[str] = Counter({"unknown-node": len(failed)} if failed else {})
-    unresolvable: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    unresolvable = {name: UNKNOWN_NODE for name in unknown}
+    denials: Counter[str] = Counter({"unknown-node": len(unresolvable)} if unresolvable else {})
     for refusal in refusals:
         (failed if refusal.resolvable else unresolvable)[refusal.node] = refusal.reason
         denials[refusal.cause] += 1

@@ -16,6 +16,8 @@ from gpuguard.k8s.client import ClusterConfigError, api_client
 from gpuguard.k8s.watch import ClusterWatch
 from gpuguard.policy.loading import PolicyError
 from gpuguard.web import serving
+from gpuguard.web.limits import for_metrics
+from gpuguard.web.logs import bounded
 from gpuguard.web.policy_source import PolicySource
 from scheduler_ext.app import CleanupContext, create_app, freeze_state, tune_gc
 from scheduler_ext.inventory.sources import ClusterStateSource, WatchSource
@@ -37,7 +39,8 @@ def run_extender(settings: ExtenderSettings) -> int:
         metrics = ExtenderMetrics(registry)
         background = _background(settings, store, board, metrics, policy)
     except PolicyError as error:
-        print(f"gpuguard extender: the policy {settings.policy_path} is invalid:\n{error}", file=sys.stderr)
+        print(f"gpuguard extender: the policy {settings.policy_path} is invalid:\n{bounded(str(error))}",
+              file=sys.stderr)
         return 2
     except (ClusterConfigError, OSError) as error:
         print(f"gpuguard extender: {error}", file=sys.stderr)
@@ -45,12 +48,12 @@ def run_extender(settings: ExtenderSettings) -> int:
     separate = settings.metrics_port is not None
     app = create_app(settings, policy=policy, registry=registry, store=store, board=board, metrics=metrics,
                      background=background, serve_metrics=not separate)
-    listeners = [serving.Listener(app, settings.host, settings.port, name="extender")]
+    limits = settings.connections
+    listeners = [serving.Listener(app, settings.host, settings.port, name="extender", limits=limits)]
     if settings.metrics_port:
         listeners.append(serving.Listener(serving.metrics_app(registry), settings.metrics_host or settings.host,
-                                          settings.metrics_port,
-                                          name="metrics"))
-    serving.run(listeners)
+                                          settings.metrics_port, name="metrics", limits=for_metrics(limits)))
+    serving.run(listeners, registry=registry)
     return 0
 
 

@@ -6,8 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gpuguard.web.limits import ConnectionLimits
+
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """Full-Node requests carry every candidate Node: ~16 MB for 5,000 nodes, so 32 MiB leaves room for fat nodes."""
+
+CONNECTIONS = ConnectionLimits(max_connections=32)
+"""kube-scheduler, the only caller, makes one extender call at a time, and each may carry a 32 MiB body."""
 
 DEFAULT_PORT = 8888
 """The port the chart's KubeSchedulerConfiguration points `urlPrefix` at (a sidecar reached on localhost)."""
@@ -53,6 +58,8 @@ class ExtenderSettings:
     state_interval: float = 1.0
     """Seconds between checks of the cluster-state file (one stat call)."""
     max_body_bytes: int = MAX_BODY_BYTES
+    connections: ConnectionLimits = CONNECTIONS
+    """Timeouts and the connection bound of the extender's listener (and of a separate metrics port)."""
     gc: GcSettings = GcSettings()
 
     @property

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuguard.cli_support import add_command, add_listen_arguments, add_policy_argument, env_default, env_int
+from gpuguard.web.limits import ConnectionLimits, add_connection_arguments, limits_from_args
 from webhook.settings import WebhookSettings
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
         "--on-internal-error", choices=["allow", "deny"], default=env_default("ON_INTERNAL_ERROR", "allow"),
         help="answer when the decision itself fails (default allow, with a warning)",
     )
+    add_connection_arguments(parser, defaults=ConnectionLimits(), tls=True)
     parser.set_defaults(func=run_webhook)
 
 
@@ -128,6 +130,7 @@ def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
         namespace=args.namespace,
         metrics_port=args.metrics_port,
         on_internal_error=args.on_internal_error,
+        connections=limits_from_args(args, ConnectionLimits()),
     )
 
 
@@ -136,6 +139,8 @@ def run_webhook(args: argparse.Namespace) -> int:
 
     from gpuguard.policy.loading import PolicyError
     from gpuguard.web import serving
+    from gpuguard.web.limits import for_metrics
+    from gpuguard.web.logs import bounded
     from gpuguard.web.policy_source import PolicySource
     from webhook.app import create_app
 
@@ -147,17 +152,18 @@ def run_webhook(args: argparse.Namespace) -> int:
         policy = PolicySource(settings.policy_path, registry=registry)
         certificate = _certificate(settings)
     except PolicyError as error:
-        print(f"gpuguard webhook: the policy {settings.policy_path} is invalid:\n{error}", file=sys.stderr)
+        print(f"gpuguard webhook: the policy {settings.policy_path} is invalid:\n{bounded(str(error))}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as error:
         print(f"gpuguard webhook: {error}", file=sys.stderr)
         return 2
     app = create_app(settings, policy=policy, registry=registry, certificate=certificate)
-    listeners = [serving.Listener(app, settings.host, settings.port, certificate.context, "admission")]
+    limits = settings.connections
+    listeners = [serving.Listener(app, settings.host, settings.port, certificate.context, "admission", limits)]
     if settings.metrics_port:
         listeners.append(serving.Listener(serving.metrics_app(registry), settings.host, settings.metrics_port,
-                                          name="metrics"))
-    serving.run(listeners)
+                                          name="metrics", limits=for_metrics(limits)))
+    serving.run(listeners, registry=registry)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Include kube-apiserver's own latency edges (5, 25, 100 ms in apiserver_admission_webhook_admission_duration_seconds)
 # so the two histograms can be compared bucket for bucket.
@@ -35,9 +35,30 @@ class WebhookMetrics:
             ["endpoint"],
             registry=registry,
         )
+        self.unreadable_bodies = Counter(
+            "gpuguard_webhook_unreadable_bodies",
+            "Request bodies that could not be read (too large, undecodable, too slow, client gone), by reason",
+            ["endpoint", "reason"],
+            registry=registry,
+        )
         self.certificate_reloads = Counter(
             "gpuguard_webhook_certificate_reloads",
             "Serving certificate reloads after the files changed on disk",
+            registry=registry,
+        )
+        self.certificate_reload_failures = Counter(
+            "gpuguard_webhook_certificate_reload_failures",
+            "Changed certificate files refused (unreadable, not a pair, weak or expired), once per distinct content",
+            registry=registry,
+        )
+        self.certificate_reload_failed = Gauge(
+            "gpuguard_webhook_certificate_reload_failed",
+            "1 while the newest certificate files are refused and an older certificate is served",
+            registry=registry,
+        )
+        self.certificate_expiry = Gauge(
+            "gpuguard_webhook_certificate_expiry_timestamp_seconds",
+            "When the certificate being served expires, in unix seconds",
             registry=registry,
         )
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gpuguard.web.limits import ConnectionLimits
+
 MAX_BODY_BYTES = 3 * 1024 * 1024
 """Kubernetes objects can reach 1.5 MiB (etcd's limit); an AdmissionReview carries object and oldObject."""
 
@@ -30,3 +32,5 @@ class WebhookSettings:
     reload_interval: float = 2.0
     """Seconds between checks of the policy and certificate files."""
     max_body_bytes: int = MAX_BODY_BYTES
+    connections: ConnectionLimits = ConnectionLimits()
+    """Timeouts and the connection bound of both listeners (the metrics port holds at most 64 connections)."""

@@ -5,8 +5,13 @@ payloads from the seed corpus), or else a seed edited as the bytes say by `jsonf
 are full-Node requests in Go's compact encoding, so the hand-written splitter that reuses unchanged Node texts is
 exercised. These must hold (a violation raises `InvariantBroken`, which libFuzzer reports as a crash):
 
+- sent under a `Content-Encoding` (`jsonfuzz.on_the_wire`), the server's body reader gives back exactly the body or
+  refuses it with the 4xx the encoding calls for, and raises nothing else (`jsonfuzz.WireBroken`);
 - parsing raises nothing but the documented `InvalidArgs`, and accepts exactly the bodies that `json.loads` plus the
-  ExtenderArgs model accept (with top-level keys folded to lower case, the last spelling winning, as Go does);
+  ExtenderArgs model accept (with top-level keys folded to lower case, the last spelling winning, as Go does),
+  except that a body nesting deeper than `DEEPEST` levels (no real request comes near) may be refused by any of
+  them (with and without known Node texts, and the reference: their paths reach the recursion limit a frame apart);
+  nested just short of the limit with a lone-surrogate escape inside (`jsonfuzz.nest_an_escape`), it is refused;
 - parsing with known Node texts (the server's reuse of the previous request's Nodes) gives exactly what parsing
   without them gives;
 - neither decision raises; filter places every candidate exactly once (kept, failed or unresolvable) or answers an
@@ -39,8 +44,10 @@ with atheris.instrument_imports(include=["gpuguard", "scheduler_ext"]):
     )
     from gpuguard.k8s.cluster_state import ClusterStateFile
     from gpuguard.policy.loading import default_policy
+    from gpuguard.web.bodies import decode_body  # noqa: F401  (instrumented here; jsonfuzz.read_wire calls it)
     from scheduler_ext.extender import decide_filter, decide_filter_names, decide_priorities, decide_priorities_names
     from scheduler_ext.inventory.store import InventoryStore
+    from scheduler_ext.settings import MAX_BODY_BYTES
 
 from pydantic import ValidationError
 
@@ -55,6 +62,9 @@ NOW = INVENTORY_TIME + 30
 SCHEDULING = default_policy().scheduling
 PRODUCT = "nvidia.com/gpu.product"
 PLAIN = re.compile(r"[0-9]{1,6}")
+DEEPEST = 900
+"""Nesting up to which parse_args and json.loads must agree; beyond it, each stops at Python's recursion limit,
+which depends on how deep the stack already is."""
 
 
 class InvariantBroken(AssertionError):
@@ -138,19 +148,24 @@ DICTIONARY = (
     b'"Pod"', b'"pod"', b'"Nodes"', b'"nodes"', b'"NodeNames"', b'"nodenames"', b'"items"', b'},{"metadata":{',
     b'{"kind":"Node","apiVersion":"v1","metadata":{', b'"nvidia.com/gpu"', b'"nvidia.com/mig-1g.10gb"',
     b'"nvidia.com/gpu.product"', b'"gpuguard.io/gpu-inventory"', b'"allocatable"', b"Infinity", b"NaN", b"1e999",
-    b"null", b"[]", b"{}", b"\\u0000", b"\\ud800",
+    b"null", b"[]", b"{}", b"\\u0000", b"\\ud800", b"[[[[[[[[[[[[[[[[", b'{"a":{"a":{"a":',
 )
 
 
 def test_one_input(data: bytes) -> None:
-    body, structured = jsonfuzz.body_of(data, SEEDS, focus=FOCUS)
-    stats["inputs"] += 1
-    stats["structured"] += structured
-    check(body)
+    decoded = jsonfuzz.received(data, SEEDS, FOCUS, MAX_BODY_BYTES, stats)
+    if decoded is None:
+        return
+    check(decoded)
 
 
 def check(body: bytes) -> None:
     plain, remembered, reference = _parse(body, None), _parse(body, KNOWN), _reference(body)
+    deep = jsonfuzz.nesting(body) > DEEPEST
+    stats["nested-deeper"] += deep
+    if deep and len({plain is None, remembered is None, reference is None}) > 1:
+        stats["nested-deeper-refused-by-some"] += 1  # each decoder path stops a frame or two apart
+        plain = reference = remembered = None
     if (plain is None) != (reference is None):
         raise InvariantBroken(f"parse_args {'accepted' if plain else 'refused'} a body json.loads "
                               f"{'refused' if plain else 'accepted'}")

@@ -5,6 +5,9 @@ AdmissionReviews from the seed corpus), or else a seed review edited as the byte
 what the server does, and these must hold (a violation raises `InvariantBroken`, which libFuzzer reports as a crash
 and saves the input for):
 
+- sent under a `Content-Encoding` (`jsonfuzz.on_the_wire`: gzip, deflate, and broken, unknown and oversized
+  encodings), the server's body reader gives back exactly the body or refuses it with the 4xx the encoding calls
+  for, and raises nothing else (`jsonfuzz.WireBroken`); what it gives back is what the checks below see;
 - parsing raises nothing but the documented `InvalidReview`, and the lean `pod_view` parse accepts exactly the
   bodies the whole parse accepts and decides exactly as it does;
 - neither decision raises, for any policy; every /mutate patch applies to the object and a second admission of the
@@ -33,8 +36,10 @@ with atheris.instrument_imports(include=["gpuguard", "webhook"]):
     from gpuguard.contracts.admission import AdmissionRequest, InvalidReview, decode_patch, encode_reply, parse_review
     from gpuguard.policy.loading import default_policy, default_policy_text, parse_policy
     from gpuguard.policy.model import Policy
+    from gpuguard.web.bodies import decode_body  # noqa: F401  (instrumented here; jsonfuzz.read_wire calls it)
     from webhook.memo import Answer, MutationMemo, Unknown
     from webhook.review import mutate, validate
+    from webhook.settings import MAX_BODY_BYTES
 
 import jsonpatch
 import yaml
@@ -122,14 +127,16 @@ DICTIONARY = (
     b'"0.5"', b'"500m"', b'"kserve-container"', b'"serving.kserve.io/inferenceservice"', b'"component"',
     b'"predictor"', b'"CREATE"', b'"UPDATE"', b'"gpuguard.io/skip"', b'"privileged":true', b'"initContainers"',
     b'"limits"', b'"requests"', b'"admission.k8s.io/v1beta1"', b"\\u0000", b"null", b"[]", b"{}",
+    b'"\\ud800"', b"[[[[[[[[[[[[[[[[", b'{"a":{"a":{"a":',
 )
 
 
 def test_one_input(data: bytes) -> None:
-    body, structured = jsonfuzz.body_of(data, SEEDS, focus=FOCUS)
-    stats["inputs"] += 1
-    stats["structured"] += structured
-    check(body)
+    decoded = jsonfuzz.received(data, SEEDS, FOCUS, MAX_BODY_BYTES, stats)
+    if decoded is None:
+        return
+    stats["nested-900-deep"] += jsonfuzz.nesting(decoded) > 900
+    check(decoded)
 
 
 def check(body: bytes) -> None:
@@ -241,7 +248,7 @@ def _container_must_be_denied(container: dict[str, Any]) -> str | None:
     for section in ("limits", "requests"):
         values = resources.get(section)
         for name, value in (values.items() if isinstance(values, dict) else ()):
-            if name in GPU_NAMES or name.startswith(MIG_PREFIX):
+            if (name in GPU_NAMES or name.startswith(MIG_PREFIX)) and value is not None:  # null: as if absent
                 gpu.setdefault(name, []).append(value)
     for name, values in gpu.items():
         for value in values:

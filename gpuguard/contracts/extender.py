@@ -173,7 +173,7 @@ def parse_args(body: bytes | str, *, known_nodes: KnownNodes | None = None) -> E
         raise InvalidArgs("the body nests JSON deeper than any ExtenderArgs") from None
     except ValueError as error:
         raise InvalidArgs(f"the body is not an ExtenderArgs JSON object: {error}") from None
-    if _has_lone_surrogate(text):
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(fields):
         raise InvalidArgs("the body escapes a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
     try:
         return ExtenderArgs.model_validate(fields)
@@ -183,15 +183,24 @@ def parse_args(body: bytes | str, *, known_nodes: KnownNodes | None = None) -> E
         raise InvalidArgs(f"not an ExtenderArgs ({problems})") from None
 
 
-def _has_lone_surrogate(text: str) -> bool:
+def _has_lone_surrogate(value: Any) -> bool:
     """Python's decoder accepts `"\\ud800"` alone, which no UTF-8 reply can carry (Go's decoder would have replaced
-    it). Bodies that escape anything in the surrogate range at all are rare, so only those are decoded again."""
-    if "\\ud" not in text and "\\uD" not in text:
-        return False
-    try:
-        json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
+    it). Only bodies that escape something in the surrogate range are looked at, and the decoded values are walked
+    with a stack of their own: a body nested just short of the decoder's limit must not reach Python's recursion
+    limit here instead."""
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and any("\ud800" <= char <= "\udfff" for char in item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, NodeList):
+            pending.extend(item.items)
     return False
 
 

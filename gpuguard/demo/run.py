@@ -142,7 +142,8 @@ def _agent(workdir: Path, state: Path, node: cluster.DemoNode) -> Service:
     gpus.write_text(yaml.safe_dump(cluster.fake_gpus(node), sort_keys=False))
     argv = python_module("node_agent", "--log-level", "WARNING", "--node-name", node.name, "--backend", "fake",
                          "--fake-gpus", str(gpus), "--cluster-state", str(state), "--host", "127.0.0.1",
-                         "--metrics-port", str(port), "--interval", "1")
+                         "--metrics-port", str(port), "--interval", "1",
+                         "--time-slicing-settle", "0")  # no kubelet projects the demo's ConfigMap: nothing to wait for
     return Service(f"agent {node.name}", argv, f"http://127.0.0.1:{port}/healthz", workdir / f"agent-{node.name}.log")
 
 

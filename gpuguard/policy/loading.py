@@ -44,12 +44,25 @@ class PolicyIssue:
         return f"{text} (line {self.line}, column {self.column})" if self.line is not None else text
 
 
+MAX_LISTED_ISSUES = 50
+MAX_ISSUE_CHARS = 500
+"""The message lists this many issues, each cut to this length (a 1 MiB value is quoted by its first characters):
+a broken policy of any size gets a message of bounded size. `issues` keeps them all."""
+
+
 class PolicyError(ValueError):
     """A policy that must not be used; `issues` lists every problem found."""
 
     def __init__(self, issues: Sequence[PolicyIssue]) -> None:
         self.issues = tuple(issues)
-        super().__init__("\n".join(str(issue) for issue in self.issues))
+        lines = [_cut(str(issue)) for issue in self.issues[:MAX_LISTED_ISSUES]]
+        if len(self.issues) > MAX_LISTED_ISSUES:
+            lines.append(f"... and {len(self.issues) - MAX_LISTED_ISSUES} more problems; fix the ones above first")
+        super().__init__("\n".join(lines))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_ISSUE_CHARS else f"{text[:MAX_ISSUE_CHARS]}... ({len(text)} characters)"
 
 
 def default_policy_text() -> str:
@@ -84,9 +97,82 @@ def _located(text: str, issues: Sequence[PolicyIssue]) -> list[PolicyIssue]:
     return sorted(located, key=lambda issue: (issue.line or 0, issue.column or 0))
 
 
+MAX_POLICY_BYTES = 1024 * 1024
+"""A ConfigMap holds at most 1 MiB, so no policy the chart can deliver is larger."""
+MAX_NODES = 100_000
+"""YAML nodes a policy may have, each use of an alias counting the nodes it repeats. A large real policy has a few
+thousand; an alias bomb (nine aliases of nine aliases of ...) repeats billions and is refused here, while it is
+composed, before anything walks its expansion; and the schema check, which holds the interpreter while it runs,
+never gets more than this to check."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting nodes (aliases by what they repeat) and refusing recursive aliases."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._nodes = 0
+        self._sizes: dict[int, int] = {}
+        self._open: set[str] = set()
+        """Anchors whose node is still being composed: an alias to one of them would make the document infinite."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        anchor = getattr(event, "anchor", None)
+        mark = event.start_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "its end"
+        alias = isinstance(event, yaml.AliasEvent) and anchor in self.anchors
+        if alias and anchor in self._open:
+            raise PolicyError([PolicyIssue("", f"not valid YAML: {where}: an alias refers to the node that contains "
+                                               "it, which makes the policy infinite")])
+        self._nodes += self._size(self.anchors[anchor]) if alias else 1
+        if self._nodes > MAX_NODES:
+            raise PolicyError([PolicyIssue("", f"the policy has more than {MAX_NODES} YAML nodes (at {where}), "
+                                               "counting each use of an alias as the nodes it repeats; a policy needs "
+                                               "far fewer: remove repeated parts, or aliases that repeat large ones")])
+        if alias:
+            return super().compose_node(parent, index)
+        if anchor is None:
+            return super().compose_node(parent, index)
+        self._open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.discard(anchor)
+
+    def _size(self, root: yaml.Node) -> int:
+        """Nodes under `root`, aliases counted each time they are used; remembered per node (a DAG, walked once)."""
+        pending = [(root, False)]
+        while pending:
+            node, children_done = pending.pop()
+            if id(node) in self._sizes:
+                continue
+            children = _children(node)
+            if children_done:
+                self._sizes[id(node)] = 1 + sum(self._sizes[id(child)] for child in children)
+            else:
+                pending.append((node, True))
+                pending.extend((child, False) for child in children if id(child) not in self._sizes)
+        return self._sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
 def _load_yaml(text: str) -> dict[str, Any]:
+    size = len(text.encode("utf-8", "surrogatepass")) if len(text) <= MAX_POLICY_BYTES else len(text)
+    if size > MAX_POLICY_BYTES:
+        raise PolicyError([PolicyIssue("", f"the policy is {size} bytes; a policy may be at most "
+                                           f"{MAX_POLICY_BYTES} bytes (1 MiB, a ConfigMap's limit)")])
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader
+    except RecursionError:
+        raise PolicyError([PolicyIssue("", "not valid YAML: it nests deeper than any policy")]) from None
     except yaml.YAMLError as error:
         raise PolicyError([PolicyIssue("", yaml_error_text(error))]) from None
     if document is None:

@@ -9,8 +9,9 @@ Filter refuses a node, with a one-line reason, when
 - its GPUs are time-sliced or MPS shares and the pod's required node affinity excludes those (unresolvable),
 - it has none of a requested GPU resource, or not enough of it free (free = allocatable minus the requests of the
   node's bound, non-terminated pods; for MIG, free instances of the profile),
-- every candidate GPU is at or above `scheduling.maxGpuUtilization` according to fresh samples. A node with stale or
-  missing samples for any candidate GPU is never refused for utilization.
+- every candidate GPU is at or above `scheduling.maxGpuUtilization` according to fresh samples (unresolvable: no
+  eviction lowers the samples). A node with stale or missing samples for any candidate GPU is never refused for
+  utilization.
 
 Prioritize scores every candidate 0..10 (kube-scheduler's MaxExtenderPriority), ranking fit first and letting
 utilization order nodes within one fit class, so utilization refines the packing but can never undo it:
@@ -117,7 +118,9 @@ def _no_resource(state: NodeGpuState, resource: str) -> str:
 def utilization_refusal(request: GpuRequest, state: NodeGpuState, reading: Reading, *, limit: float) -> Refusal | None:
     if reading.complete and reading.lowest is not None and reading.lowest >= limit:
         reason = f"every candidate GPU is at or above {limit:g}% utilization (idlest {reading.lowest:g}%)"
-        return Refusal(state.name, reason, "utilization")
+        # Unresolvable: evicting pods does not lower the samples (they lag by a scrape or more, and the load may not
+        # be a pod's), so preemption must not evict anything on this node for this pod.
+        return Refusal(state.name, reason, "utilization", resolvable=False)
     return None
 
 

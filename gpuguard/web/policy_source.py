@@ -9,6 +9,11 @@ change that fails to read or parse is logged once per distinct error, counted in
 {result="error"}`, flagged by `gpuguard_policy_last_reload_failed`, and changes nothing; a file that cannot be read
 at all is refused at once. The first load is different: with no last good policy to keep, a broken file stops the
 process with the full list of errors.
+
+Whatever is at the path cannot stall a service: the file is read only if it is a regular file, at most 1 MiB of it
+(`gpuguard.web.files`), and the services' watcher reads and parses it on a worker thread, so a FIFO, a device or a
+large or hostile policy never blocks the event loop that answers requests and probes. The parsed policy is taken
+into force on the event loop, between requests. Log lines about a refused file are cut to a bounded length.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gpuguard.policy.loading import PolicyError, default_policy_text, parse_policy
+from gpuguard.policy.loading import MAX_POLICY_BYTES, PolicyError, default_policy_text, parse_policy
 from gpuguard.policy.model import Policy
-from gpuguard.web.logs import log_bug
+from gpuguard.web.files import FileRefused, read_regular_file
+from gpuguard.web.logs import bounded, log_bug
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,10 @@ class PolicySource:
         self._last_error_gauge = Gauge(
             "gpuguard_policy_last_reload_failed", "1 while the newest policy file is refused", registry=registry
         )
-        text = self._read() if path is not None else default_policy_text()
+        try:
+            text = self._read() if path is not None else default_policy_text()
+        except FileRefused as error:
+            raise FileRefused(f"cannot read {path}: {error}") from None
         self.policy: Policy = parse_policy(text)
         self.generation = 1
         self._digest = _digest(text)
@@ -57,36 +67,52 @@ class PolicySource:
 
     def _read(self) -> str:
         assert self.path is not None
-        return self.path.read_text(encoding="utf-8")
+        return read_regular_file(self.path, limit=MAX_POLICY_BYTES).decode("utf-8")
 
     def check(self) -> bool:
         """Re-read the file; True when a changed, settled, valid policy was taken into force."""
+        return self._apply(self._examine(self._digest, self._pending))
+
+    async def check_off_loop(self) -> bool:
+        """`check()` with the reading and parsing done on a worker thread."""
+        return self._apply(await asyncio.to_thread(self._examine, self._digest, self._pending))
+
+    def _examine(self, current: str, pending: str) -> _Reading:
+        """Read the file and, once a change has settled, parse it. No state changes: safe on any thread."""
         if self.path is None:
-            return False
+            return _Reading(current)
         try:
             text = self._read()
+        except FileRefused as error:
+            return _Reading(problem=f"cannot read {self.path}: {error}")
         except OSError as error:
-            self._pending = ""
-            self._refuse(f"cannot read {self.path}: {error.strerror or error}")
-            return False
+            return _Reading(problem=f"cannot read {self.path}: {error.strerror or error}")
         except UnicodeDecodeError as error:
-            self._pending = ""
-            self._refuse(f"cannot read {self.path}: not UTF-8 text ({error.reason} at byte {error.start})")
-            return False
+            return _Reading(problem=f"cannot read {self.path}: not UTF-8 text ({error.reason} at byte {error.start})")
         digest = _digest(text)
-        if digest == self._digest:
+        if digest == current or digest != pending:
+            return _Reading(digest)
+        try:
+            return _Reading(digest, policy=parse_policy(text))
+        except PolicyError as error:
+            return _Reading(digest, problem=f"{self.path} is invalid:\n{error}")
+
+    def _apply(self, reading: _Reading) -> bool:
+        if not reading.digest:  # the file could not be read at all: refused at once
+            self._pending = ""
+            self._refuse(reading.problem)
+            return False
+        if reading.digest == self._digest:
             self._pending = ""
             self._clear_error()  # back to the policy in force (e.g. a bad edit undone): nothing is refused now
             return False
-        if digest != self._pending:
-            self._pending = digest  # first sight of this content: it may still be being written
+        if reading.digest != self._pending:
+            self._pending = reading.digest  # first sight of this content: it may still be being written
             return False
-        try:
-            policy = parse_policy(text)
-        except PolicyError as error:
-            self._refuse(f"{self.path} is invalid:\n{error}")
+        if reading.policy is None:
+            self._refuse(reading.problem)
             return False
-        self.policy, self._digest = policy, digest
+        self.policy, self._digest = reading.policy, reading.digest
         self.generation += 1
         self._clear_error()
         self._reloads.labels("success").inc()
@@ -104,7 +130,7 @@ class PolicySource:
         self._reloads.labels("error").inc()
         self._last_error_gauge.set(1)
         if reason != self._last_error:
-            log.error("policy update refused, keeping generation %d: %s", self.generation, reason)
+            log.error("policy update refused, keeping generation %d: %s", self.generation, bounded(reason))
             self._last_error = reason
 
     @contextlib.asynccontextmanager
@@ -122,9 +148,19 @@ class PolicySource:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.check()
+                await self.check_off_loop()
             except Exception as error:  # a bug here must not end the polling: the next interval tries again
                 log_bug(log, "checking the policy file %s failed", self.path, error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """What one look at the file found: its digest ("" when it could not be read), a parsed policy once a change
+    has settled, or the problem with it."""
+
+    digest: str = ""
+    policy: Policy | None = None
+    problem: str = ""
 
 
 def _digest(text: str) -> str:

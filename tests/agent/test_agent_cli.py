@@ -64,10 +64,11 @@ def test_python_m_node_agent_runs_the_nvml_backend_end_to_end(run_agent: RunAgen
     assert [g.uuid for g in stored.gpus] == [g["uuid"] for g in config["gpus"]]
     assert [d.profile for d in stored.gpus[0].mig.devices] == ["1g.10gb+me", "1g.20gb", "3g.40gb"]
     assert stored.driver == "550.54.15"
-    assert metadata["labels"][LABEL].startswith("gpuguard-ts4-")
+    assert LABEL not in metadata["labels"], "a one-shot run writes the entry and leaves the label for the kubelet"
 
 
-def test_against_an_api_server_the_entry_is_written_before_the_label(run_agent: RunAgent, tmp_path: Path) -> None:
+def test_against_an_api_server_the_entry_is_written_and_the_label_left_for_later(run_agent: RunAgent,
+                                                                                 tmp_path: Path) -> None:
     with FakeApiServer(NODES) as server:
         kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
         result = run_agent(["--node-name", "t4-node", "--fake-gpus", str(EXAMPLES / "t4.yaml"),
@@ -79,9 +80,20 @@ def test_against_an_api_server_the_entry_is_written_before_the_label(run_agent: 
     assert writes == [
         ("PATCH", "/api/v1/nodes/t4-node", []),  # the annotation
         ("POST", "/api/v1/namespaces/gpu-operator/configmaps", ["app.kubernetes.io/managed-by"]),
-        ("PATCH", "/api/v1/nodes/t4-node", [LABEL]),
-    ]
+    ]  # no label yet: the kubelet may not have projected the new entry into the device plugin's volume
     assert parse_inventory(node["metadata"]["annotations"][ANNOTATION]).gpus[0].product == "Tesla-T4"
+
+
+def test_with_no_settle_time_the_label_follows_the_entry_in_the_same_run(run_agent: RunAgent, tmp_path: Path) -> None:
+    """`--time-slicing-settle 0` is for clusters where no kubelet projects the ConfigMap (the demo's state file)."""
+    with FakeApiServer(NODES) as server:
+        kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+        result = run_agent(["--node-name", "t4-node", "--fake-gpus", str(EXAMPLES / "t4.yaml"),
+                            "--kubeconfig", str(kubeconfig), "--once", "--time-slicing-settle", "0"])
+        labels = [sorted(((r.body or {}).get("metadata") or {}).get("labels") or {}) for r in server.writes()]
+        node = server.nodes["t4-node"]
+    assert result.returncode == 0, result.stderr
+    assert labels[-1] == [LABEL] and node["metadata"]["labels"][LABEL].startswith("gpuguard-ts")
 
 
 def test_an_api_server_that_fails_makes_a_one_shot_run_fail(run_agent: RunAgent, tmp_path: Path) -> None:
@@ -109,6 +121,7 @@ def test_without_a_driver_nvml_refuses_to_start_unless_told_to_fall_back(run_age
     (["--fake-gpus", "missing.yaml"], "cannot read missing.yaml"),
     (["--backend", "null", "--cluster-state", "cluster.yaml"], "give --node-name or set NODE_NAME"),
     (["--backend", "null", "--interval", "0"], "--interval must be positive"),
+    (["--backend", "null", "--time-slicing-settle", "-1"], "--time-slicing-settle must be 0 or more seconds"),
     (["--backend", "null", "--policy", "POLICY"], "timeSlicing.nodes[0].replicas"),
     (["--backend", "null", "--in-cluster", "--node-name", "n"], "cannot load the in-cluster service account"),
 ])

@@ -24,7 +24,7 @@ from node_agent.backend import Snapshot
 from node_agent.fake import FakeBackend
 from node_agent.metrics import AgentMetrics
 from node_agent.settings import AgentSettings
-from node_agent.timeslicing import LABEL, entry_for
+from node_agent.timeslicing import LABEL, SETTLE_SECONDS, entry_for
 
 from .conftest import ROOT
 
@@ -109,7 +109,11 @@ def test_the_first_cycle_publishes_the_inventory_and_applies_time_slicing(tmp_pa
     metadata = harness.node()
     inventory = parse_inventory(metadata["annotations"][ANNOTATION])
     assert [(g.uuid, g.product, g.util_percent) for g in inventory.gpus] == [("GPU-t4", "Tesla-T4", 20)]
-    assert metadata["labels"][LABEL] == entry_for(harness.agent.policy.policy.time_slicing, 4).name
+    entry = entry_for(harness.agent.policy.policy.time_slicing, 4)
+    assert entry.name in harness.state.load().config_maps[("gpu-operator", "gpuguard-time-slicing")]["data"]
+    assert LABEL not in metadata["labels"], "the label waits until the kubelet can have projected the entry"
+    harness.cycle(after=SETTLE_SECONDS)
+    assert harness.node()["labels"][LABEL] == entry.name
     assert (harness.registry.get_sample_value("gpuguard_agent_last_report_timestamp_seconds") or 0) > 0
     assert harness.agent.ready
 
@@ -120,7 +124,7 @@ def test_an_unchanged_node_is_neither_patched_nor_read_again_every_cycle(tmp_pat
         harness.cycle()
     assert harness.calls("patch_annotation") == 1
     assert harness.calls("read_node") == 1
-    assert harness.calls("patch_labels") == 1
+    assert harness.calls("patch_labels") == 0  # the label waits SETTLE_SECONDS for the kubelet
 
 
 def test_a_change_beyond_rounding_is_published_at_the_next_cycle(tmp_path: Path) -> None:
@@ -174,11 +178,14 @@ def test_gpus_are_still_read_while_the_api_is_backing_off(tmp_path: Path) -> Non
 def test_a_policy_change_re_plans_time_slicing_at_once(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
     harness.cycle()
+    harness.cycle(after=SETTLE_SECONDS)
     before = harness.node()["labels"][LABEL]
     harness.policy_path.write_text(harness.policy_path.read_text().replace("replicas: 4", "replicas: 8"))
     harness.cycle()  # a changed policy file is taken once it reads the same twice (it may be half-written)
     assert harness.node()["labels"][LABEL] == before
-    harness.cycle()
+    harness.cycle()  # the new entry is written at once; the label flips once the kubelet can have projected it
+    assert harness.node()["labels"][LABEL] == before
+    harness.cycle(after=SETTLE_SECONDS)
     assert harness.node()["labels"][LABEL] == entry_for(harness.agent.policy.policy.time_slicing, 8).name
     harness.policy_path.write_text(harness.policy_path.read_text().replace("Tesla-T4", "NVIDIA-L4"))
     harness.cycle()

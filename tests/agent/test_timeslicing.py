@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from node_agent.metrics import AgentMetrics
 from node_agent.timeslicing import (
     DEFAULT_ENTRY,
     LABEL,
+    SETTLE_SECONDS,
     Entry,
     LabelChange,
     TimeSlicer,
@@ -138,6 +140,8 @@ def state(tmp_path: Path) -> ClusterStateFile:
 
 
 def slicer(state: ClusterStateFile, **options: Any) -> TimeSlicer:
+    """A slicer that flips labels at once (the wait for the kubelet is tested on its own below)."""
+    options.setdefault("settle", 0)
     return TimeSlicer(ClusterStateNodes(state), "t4-node", metrics=AgentMetrics(CollectorRegistry()), **options)
 
 
@@ -226,3 +230,96 @@ def test_writers_that_keep_conflicting_give_up_with_an_api_error(state: ClusterS
         TimeSlicer(AlwaysConflicting(state), "t4-node", metrics=AgentMetrics(CollectorRegistry())).apply(
             config((T4, 4)), labels(state))
     assert LABEL not in labels(state)  # never a label pointing at an entry that was not written
+
+
+# The label flip and the kubelet: config-manager reads the entry from the device plugin's ConfigMap volume, which
+# the kubelet updates on its own schedule; a label naming an entry not projected yet makes config-manager exit.
+
+
+class DevicePluginPod:
+    """The device plugin pod on this node: its ConfigMap volume as the kubelet projects it (each key appears
+    `delay` seconds after the API server has it), and config-manager, which on every label change looks the named
+    config up in that volume and exits when it is missing ("specified config ... does not exist",
+    NVIDIA/k8s-device-plugin cmd/config-manager/main.go), so its container restarts."""
+
+    def __init__(self, state: ClusterStateFile, *, delay: float) -> None:
+        self.state, self.delay = state, delay
+        self.written_at: dict[str, float] = {}
+        self.label: str | None = None
+        self.restarts = 0
+        self.applied: list[str] = []
+
+    def tick(self, now: float) -> None:
+        if ("gpu-operator", "gpuguard-time-slicing") in self.state.load().config_maps:
+            for key in entries(self.state):
+                self.written_at.setdefault(key, now)
+        value = labels(self.state).get(LABEL)
+        if value != self.label:
+            self.label = value
+            projected = value is None or now - self.written_at.get(value, now) >= self.delay
+            if projected:
+                self.applied.append(value or "")
+            else:
+                self.restarts += 1
+
+
+def run_node(state: ClusterStateFile, slicer: TimeSlicer, clock: list[float], pod: DevicePluginPod,
+             policy: TimeSlicing, *, seconds: float) -> None:
+    """The agent re-planning every 15 s for `seconds`, the kubelet and config-manager watching."""
+    end = clock[0] + seconds
+    while clock[0] < end:
+        slicer.apply(policy, labels(state))
+        pod.tick(clock[0])
+        clock[0] += 15
+
+
+@pytest.mark.parametrize("delay", [1.0, 45.0, 90.0])
+def test_the_label_never_names_an_entry_the_kubelet_has_not_projected(state: ClusterStateFile, delay: float) -> None:
+    clock = [1000.0]
+    timed = slicer(state, settle=SETTLE_SECONDS, clock=lambda: clock[0])
+    pod = DevicePluginPod(state, delay=delay)
+    run_node(state, timed, clock, pod, config((T4, 4)), seconds=300)
+    run_node(state, timed, clock, pod, config((T4, 8)), seconds=300)  # a new entry, and the label flips to it
+    assert pod.restarts == 0
+    assert pod.applied == [entry_for(config(), 4).name, entry_for(config(), 8).name]
+
+
+def test_without_the_wait_config_manager_would_restart(state: ClusterStateFile) -> None:
+    clock = [1000.0]
+    pod = DevicePluginPod(state, delay=45.0)
+    run_node(state, slicer(state, settle=0, clock=lambda: clock[0]), clock, pod, config((T4, 4)), seconds=120)
+    assert pod.restarts == 1, "the race this wait exists for"
+
+
+def test_the_label_follows_once_the_entry_has_had_time_to_be_projected(state: ClusterStateFile) -> None:
+    clock = [1000.0]
+    timed = slicer(state, settle=SETTLE_SECONDS, clock=lambda: clock[0])
+    entry = entry_for(config(), 4)
+    assert timed.apply(config((T4, 4)), labels(state)) is None
+    assert entry.name in entries(state) and LABEL not in labels(state)
+    clock[0] += SETTLE_SECONDS - 1
+    assert timed.apply(config((T4, 4)), labels(state)) is None
+    clock[0] += 1
+    assert timed.apply(config((T4, 4)), labels(state)) == entry.name == labels(state)[LABEL]
+
+
+@pytest.mark.parametrize(("written_ago", "flips_at_once"), [(SETTLE_SECONDS + 60, True), (10.0, False)])
+def test_an_entry_the_api_server_recorded_long_ago_needs_no_wait(state: ClusterStateFile, written_ago: float,
+                                                                 flips_at_once: bool) -> None:
+    wall = 1_780_000_000.0
+    entry = entry_for(config(), 4)
+    stamp = datetime.fromtimestamp(wall - written_ago, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ClusterStateNodes(state).create_config_map({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "gpuguard-time-slicing", "namespace": "gpu-operator",
+                     "managedFields": [{"manager": "gpuguard", "operation": "Update", "time": stamp}]},
+        "data": {DEFAULT_ENTRY: "version: v1\n", entry.name: entry.text}})
+    timed = slicer(state, settle=SETTLE_SECONDS, wall=lambda: wall)
+    assert (timed.apply(config((T4, 4)), labels(state)) == entry.name) is flips_at_once
+    assert (labels(state).get(LABEL) == entry.name) is flips_at_once
+
+
+def test_removing_the_label_needs_no_wait(state: ClusterStateFile) -> None:
+    slicer(state).apply(config((T4, 4)), labels(state))
+    assert slicer(state, settle=SETTLE_SECONDS).apply(config((A10, 4)), labels(state)) is None
+    assert LABEL not in labels(state), "config-manager falls back to the default entry, which is already there"

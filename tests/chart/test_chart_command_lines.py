@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from gpuguard.cli import build_parser
-from tests.chart.helm import SCENARIOS, render
+from gpuguard.web.limits import ConnectionLimits
+from scheduler_ext.settings import CONNECTIONS
+from tests.chart.helm import SCENARIOS, load_values, render
 from webhook.cli import settings_from_args
 
-def gpuguard_command_lines(values: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+
+def gpuguard_command_lines(values: tuple[str, ...], extra: str = "") -> list[tuple[str, list[str]]]:
     lines = []
-    for obj, spec in render(values).workloads():
+    for obj, spec in render(values, extra=extra).workloads():
         for container in spec["containers"]:
             if container.get("command") == ["gpuguard"]:
                 lines.append((f"{obj['metadata']['name']}/{container['name']}", list(container["args"])))
@@ -58,3 +62,43 @@ def test_the_agent_reads_its_node_name_from_the_downward_api_and_uses_nvml() -> 
     assert namespace.backend == "nvml"
     assert namespace.node_name == "$(NODE_NAME)"
     assert namespace.in_cluster
+
+
+def limits_of(values: dict[str, float]) -> ConnectionLimits:
+    return ConnectionLimits(tls_handshake_timeout=values.get("tlsHandshakeTimeout", 20.0),
+                            header_timeout=values["headerTimeout"], body_timeout=values["bodyTimeout"],
+                            idle_timeout=values["idleTimeout"], max_connections=int(values["maxConnections"]))
+
+
+CHANGED = """
+webhook:
+  connections: {tlsHandshakeTimeout: 7.5, headerTimeout: 31, bodyTimeout: 32, idleTimeout: 33, maxConnections: 34}
+scheduler:
+  extender:
+    connections: {headerTimeout: 11, bodyTimeout: 12.5, idleTimeout: 13, maxConnections: 14}
+"""
+
+
+def connection_limits(extra: str) -> tuple[ConnectionLimits, ConnectionLimits]:
+    """The limits the webhook and the extender are started with, parsed from the rendered command lines."""
+    from scheduler_ext.cli import settings_from_args as extender_settings
+
+    lines = gpuguard_command_lines((), extra)
+    (webhook,) = [a for where, a in lines if where.startswith("gpuguard-webhook/")]
+    (extender,) = [a for _, a in lines if "extender" in a]
+    parser = build_parser()
+    return (settings_from_args(parser.parse_args(webhook)).connections,
+            extender_settings(parser.parse_args(extender)).connections)
+
+
+def test_the_charts_default_connection_limits_are_the_services_own_defaults() -> None:
+    values = load_values()
+    assert limits_of(values["webhook"]["connections"]) == ConnectionLimits()
+    assert limits_of(values["scheduler"]["extender"]["connections"]) == CONNECTIONS
+    assert connection_limits("") == (ConnectionLimits(), CONNECTIONS)
+
+
+def test_connection_limits_set_in_the_values_reach_the_webhook_and_the_extender() -> None:
+    changed = yaml.safe_load(CHANGED)
+    assert connection_limits(CHANGED) == (limits_of(changed["webhook"]["connections"]),
+                                          limits_of(changed["scheduler"]["extender"]["connections"]))

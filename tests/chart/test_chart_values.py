@@ -94,6 +94,9 @@ def test_every_value_is_used_by_a_template() -> None:
     ("webhook.replicas=zero", "replicas"),
     ("certificates.mode=vault", "mode"),
     ("scheduler.extender.weight=0", "weight"),
+    ("webhook.connections.idleTimeout=0", "idleTimeout"),
+    ("scheduler.extender.connections.maxConnections=0", "maxConnections"),
+    ("scheduler.extender.connections.tlsHandshakeTimeout=5", "tlsHandshakeTimeout"),
     ("scheduler.extender.httpTimeout=5", "httpTimeout"),
     ("scheduler.extender.managedResources[0]=nvidia.com/mig-*", "managedResources"),
     ("agent.backend=fake", "backend"),
@@ -131,6 +134,8 @@ def default_policy_with(old: str, new: str) -> str:
     ("", ("scheduler.leaderElection.enabled=false",), "scheduler.replicas is 2 but scheduler.leaderElection"),
     ("", ("scheduler.extender.metricsPort=8888",), "give /metrics its own port"),
     ("", ("certificates.mode=certManager", "certificates.certManager.issuerRef.name=ca"), "issuerRef.kind"),
+    ("", ("webhook.connections.bodyTimeout=5",), "webhook.connections.bodyTimeout (5 s) is not above webhook.timeoutSeconds"),
+    ("", ("webhook.timeoutSeconds=30", "webhook.connections.headerTimeout=30"), "headerTimeout (30 s) is not above"),
 ])
 def test_impossible_combinations_fail_with_a_message_that_says_how_to_fix_them(extra: str, sets: tuple[str, ...],
                                                                               message: str) -> None:

@@ -154,13 +154,13 @@ def test_the_extender_process_filters_out_a_node_prometheus_reports_saturated(pr
         while time.time() < deadline:
             try:
                 reply = post(port, "/filter", payload("names"))
-                if "gpu-a100-1" in reply.get("FailedNodes", {}):
+                if "gpu-a100-1" in reply.get("FailedAndUnresolvableNodes", {}):
                     break
             except OSError:
                 pass
             time.sleep(0.3)
         assert reply["NodeNames"] == ["gpu-a100-0"]
-        assert "97%" in reply["FailedNodes"]["gpu-a100-1"]
+        assert "97%" in reply["FailedAndUnresolvableNodes"]["gpu-a100-1"]
     finally:
         process.terminate()
         assert process.wait(10) == 0

@@ -95,7 +95,7 @@ def test_refusals_say_why_in_one_line(request_: GpuRequest, node: NodeGpuState, 
 def test_a_node_whose_every_candidate_gpu_is_too_busy_fails_the_filter() -> None:
     nodes = [whole("hot", free=2), whole("warm", free=2), whole("cool", free=2)]
     found = refusals(wants(), nodes, {"hot": util(*[96] * 8), "warm": util(*[96] * 7, 94), "cool": util(*[0] * 8)})
-    assert found == {"hot": ("every candidate GPU is at or above 95% utilization (idlest 96%)", True)}
+    assert found == {"hot": ("every candidate GPU is at or above 95% utilization (idlest 96%)", False)}
 
 
 @pytest.mark.parametrize(

@@ -156,7 +156,7 @@ async def test_nodes_the_cache_does_not_know_are_refused_with_a_reason(make_clie
     body = json.loads(payload("names"))
     body["NodeNames"].append("gpu-new-node")
     _, reply = await post(client, "/filter", json.dumps(body).encode())
-    assert "node cache" in reply["FailedNodes"]["gpu-new-node"]
+    assert "node cache" in reply["FailedAndUnresolvableNodes"]["gpu-new-node"]
     _, scores = await post(client, "/prioritize", json.dumps(body).encode())
     assert scores[-1] == {"Host": "gpu-new-node", "Score": 0}
 
@@ -179,9 +179,9 @@ async def test_prioritize_refuses_a_body_it_cannot_read_with_400(make_client: Cl
 async def test_bodies_over_the_limit_are_refused_in_the_protocol_channel(make_client: ClientFactory) -> None:
     client = await make_client(max_body_bytes=10_000)
     status, reply = await post(client, "/filter", payload("nodes"))
-    assert status == 200 and "too large" in reply["Error"]
+    assert status == 200 and "larger than 10000 bytes" in reply["Error"] and "nodeCacheCapable" in reply["Error"]
     status, _ = await post(client, "/prioritize", payload("nodes"))
-    assert status == 400
+    assert status == 413
 
 
 async def test_a_32_mib_limit_admits_5000_full_nodes_worth_of_body(make_client: ClientFactory) -> None:

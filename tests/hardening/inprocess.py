@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from gpuguard.policy.model import Policy
 from gpuguard.web import serving
+from gpuguard.web.limits import ConnectionLimits
 from gpuguard.web.policy_source import PolicySource
 from gpuguard.web.tls import ReloadingCertificate
 from webhook.app import create_app
@@ -26,9 +27,12 @@ from webhook.settings import WebhookSettings
 
 
 class ServedApp:
-    def __init__(self, app: web.Application, context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, app: web.Application, context: ssl.SSLContext | None = None, *,
+                 limits: ConnectionLimits | None = None) -> None:
         self.app = app
         self.context = context
+        self.limits = limits or ConnectionLimits()
+        self.connection_registry = CollectorRegistry()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="served-app", daemon=True)
         self._runners: list[web.AppRunner] = []
@@ -36,8 +40,9 @@ class ServedApp:
 
     def __enter__(self) -> ServedApp:
         self._thread.start()
-        listener = serving.Listener(self.app, "127.0.0.1", 0, self.context)
-        self._runners = asyncio.run_coroutine_threadsafe(serving.start([listener]), self.loop).result(30)
+        listener = serving.Listener(self.app, "127.0.0.1", 0, self.context, limits=self.limits)
+        started = serving.start([listener], registry=self.connection_registry)
+        self._runners = asyncio.run_coroutine_threadsafe(started, self.loop).result(30)
         self.port = int(self._runners[0].addresses[0][1])
         return self
 
@@ -68,7 +73,7 @@ class InProcessServer(ServedApp):
         self.certificate = certificate
         app = create_app(self.settings, policy=self.policy, registry=self.registry, certificate=certificate,
                          serve_metrics=True)
-        super().__init__(app, certificate.context if certificate else None)
+        super().__init__(app, certificate.context if certificate else None, limits=self.settings.connections)
 
     def __enter__(self) -> InProcessServer:
         super().__enter__()
@@ -76,3 +81,40 @@ class InProcessServer(ServedApp):
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
+
+
+class InProcessExtender(ServedApp):
+    """The extender app as `gpuguard extender --cluster-state` builds it, on the cluster in tests/data/extender."""
+
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        from scheduler_ext.app import create_app as create_extender
+        from scheduler_ext.inventory.sources import ClusterStateSource
+        from scheduler_ext.inventory.store import InventoryStore
+        from scheduler_ext.settings import ExtenderSettings
+        from scheduler_ext.utilization import UtilizationBoard
+        from tests.extender.conftest import CLUSTER, INVENTORY_TIME, policy_text
+
+        policy = tmp / "policy.yaml"
+        policy.write_text(policy_text())
+        cluster = tmp / "cluster.json"
+        cluster.write_bytes(CLUSTER.read_bytes())
+        self.settings = ExtenderSettings(cluster_state=cluster, policy_path=policy, reload_interval=60,
+                                         state_interval=60, **settings)
+        self.registry = CollectorRegistry()
+        self.store = InventoryStore(pods_known=True)
+        source = ClusterStateSource(cluster, self.store)
+        app = create_extender(self.settings, policy=PolicySource(policy, registry=self.registry),
+                              registry=self.registry, store=self.store, board=UtilizationBoard(),
+                              serve_metrics=False, clock=lambda: INVENTORY_TIME + 30,
+                              background=[lambda _: source.running(self.settings.state_interval)])
+        super().__init__(app, limits=self.settings.connections)
+
+    def __enter__(self) -> InProcessExtender:
+        super().__enter__()
+
+        async def synced() -> None:
+            while not self.store.ready:
+                await asyncio.sleep(0.01)
+
+        asyncio.run_coroutine_threadsafe(synced(), self.loop).result(30)
+        return self

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuguard.web.tls import ReloadingCertificate, default_sans, ensure_self_signed
+from gpuguard.web.tls import CertificateRefused, ReloadingCertificate, default_sans, ensure_self_signed
 from tests.conftest import review_body
 from tests.hardening.inprocess import InProcessServer
 
@@ -189,12 +189,16 @@ def test_a_certificate_without_its_key_yet_is_not_loaded_and_the_old_pair_keeps_
         cert, key = issuer.issue()
         (volume.directory / "tls.crt").unlink()
         (volume.directory / "tls.crt").write_bytes(cert)
-        assert certificate.refresh() is False
+        with pytest.raises(CertificateRefused, match="tls.key is not the key of the certificate in tls.crt"):
+            certificate.refresh()
+        assert certificate.refresh() is False, "the same refused pair is reported once"
+        assert certificate.problem is not None
         assert served_certificate(server.port, context) == pem_to_der(old)
         assert post_mutate(server.port, context, review_body("review-knative-sklearn.json")) == 200
         (volume.directory / "tls.key").unlink()
         (volume.directory / "tls.key").write_bytes(key)
         assert certificate.refresh() is True
+        assert certificate.problem is None
         assert served_certificate(server.port, context) == pem_to_der(cert)
 
 

@@ -160,7 +160,7 @@ def test_filter_answers_200_and_places_every_candidate_exactly_once(
                [*reply["FailedNodes"].values(), *reply["FailedAndUnresolvableNodes"].values()])
     if not full:  # full-Node requests carry each Node, so even a new one is judged by its own object
         for name in set(names) - set(NODES):
-            assert name in failed, "a node the cache does not know is refused for now, not forever"
+            assert name in unresolvable, "a node the cache does not know is refused, and no eviction can change that"
 
 
 @fewer(2)

@@ -3,16 +3,19 @@
 Every request below carries a recognisable marker where a secret would sit (an environment variable, an annotation,
 a header, the body of a malformed request, the message of an exception raised inside the decision); the whole log
 output at INFO, tracebacks included, must not contain it. What the log does carry is said in SECURITY.md: the
-request uid and object name (cut short, escaped), the rule, and for a denial the offending value cut to 64
-characters.
+request uid and object namespace/name (cut short, escaped), the rule, the decision and the number of problems.
+The last tests put the marker into every string field and every key of real requests, one at a time, for the
+webhook and the extender.
 """
 
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import logging
 import socket
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +25,8 @@ import webhook.app
 import webhook.memo
 from gpuguard.web.policy_source import PolicySource
 from tests.conftest import load_data
-from tests.hardening.inprocess import InProcessServer
+from tests.extender.conftest import payload
+from tests.hardening.inprocess import InProcessExtender, InProcessServer
 from tests.strategies.kserve import compact
 
 MARKER = "s3cr3t-Mark3r-7f1d"
@@ -71,8 +75,8 @@ def log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
         yield caplog
 
 
-def assert_clean(log: pytest.LogCaptureFixture) -> None:
-    assert log.records, "the requests were logged at all"
+def assert_clean(log: pytest.LogCaptureFixture, *, logged: bool = True) -> None:
+    assert log.records or not logged, "the requests were logged at all"
     assert MARKER not in log.text
     for record in log.records:
         assert MARKER not in record.getMessage()
@@ -175,3 +179,134 @@ def test_a_refused_policy_file_is_named_without_its_content(tmp_path: Any, log: 
     source.check()
     assert "policy update refused" in log.text
     assert_clean(log)
+
+
+# ----------------------------------------------------------------------------- a marker in every field, one at a time
+
+ALLOWED = {("request", "uid"), ("request", "namespace"), ("request", "name"), ("request", "object", "metadata", "name"),
+           ("request", "object", "metadata", "namespace")}
+"""What a log line may carry from a request (SECURITY.md): its uid and the object's namespace/name."""
+
+Path_ = tuple[Any, ...]
+
+
+def string_fields(value: Any, path: Path_ = ()) -> Iterator[tuple[Path_, bool]]:
+    """Every string value (False) and every object key (True) in a JSON document, by path."""
+    if isinstance(value, str):
+        yield path, False
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield (*path, key), True
+            yield from string_fields(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from string_fields(item, (*path, index))
+
+
+def marked(document: Any, path: Path_, key: bool) -> bytes:
+    """The document with the marker added to one string value or one key."""
+    document = copy.deepcopy(document)
+    parent = document
+    for step in path[:-1]:
+        parent = parent[step]
+    last = path[-1]
+    if key:
+        parent[f"{last}{MARKER}"] = parent.pop(last)
+    else:
+        parent[last] = f"{parent[last]}{MARKER}"
+    return compact(document)
+
+
+class KeepAlive:
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def __enter__(self) -> KeepAlive:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.connection.close()
+
+    def post(self, path: str, body: bytes) -> int:
+        self.connection.request("POST", path, body, {"Content-Type": "application/json", "X-Request-Note": MARKER})
+        reply = self.connection.getresponse()
+        reply.read()
+        return reply.status
+
+
+def denied_by_the_demand_model(change: Any) -> dict[str, Any]:
+    """The Triton predictor changed into a pod the GPU-demand checks refuse; their messages name containers,
+    environment variables, annotations and resource keys, all of which the marker reaches."""
+    review = copy.deepcopy(TRITON)
+    change(review["request"]["object"])
+    return review  # type: ignore[no-any-return]
+
+
+def _device_env(pod: Any) -> None:
+    pod["spec"]["containers"][-1].setdefault("env", []).append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"})
+
+
+def _privileged(pod: Any) -> None:
+    pod["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+
+
+def _mixed_kinds(pod: Any) -> None:
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    pod["spec"]["containers"].append({"name": "side", "image": "side:1",
+                                      "resources": {"limits": {"nvidia.com/mig-1g.10gb": "1"}}})
+
+
+def _cdi(pod: Any) -> None:
+    pod["metadata"]["annotations"]["cdi.k8s.io/model"] = "nvidia.com/gpu=all"
+
+
+REVIEWS = {
+    "predictor-pod": (load_data("review-knative-triton.json"), ("/mutate", "/validate")),
+    "fractional-pod": (load_data("review-knative-fractional-gpu.json"), ("/validate",)),
+    "fractional-isvc": (load_data("review-isvc-fractional-gpu.json"), ("/validate",)),
+    "mig-isvc": (load_data("review-isvc-mig-mixed.json"), ("/validate",)),
+    "device-env-pod": (denied_by_the_demand_model(_device_env), ("/mutate", "/validate")),
+    "privileged-pod": (denied_by_the_demand_model(_privileged), ("/validate",)),
+    "mixed-kinds-pod": (denied_by_the_demand_model(_mixed_kinds), ("/validate",)),
+    "cdi-pod": (denied_by_the_demand_model(_cdi), ("/validate",)),
+    "dra-pod": (load_data("review-dra-claim.json"), ("/mutate", "/validate")),
+    "hami-pod": (load_data("review-hami-vgpu.json"), ("/mutate", "/validate")),
+    "kai-pod": (load_data("review-kai-fractional.json"), ("/mutate", "/validate")),
+}
+ALLOWED_AS_THEY_ARE = {"predictor-pod", "dra-pod", "hami-pod", "kai-pod"}
+
+
+@pytest.mark.parametrize("name", REVIEWS)
+def test_a_marker_in_any_field_of_an_admission_request_reaches_no_log_line(
+    server: InProcessServer, log: pytest.LogCaptureFixture, name: str
+) -> None:
+    review, paths = REVIEWS[name]
+    fields = [(path, key) for path, key in string_fields(review) if key or path not in ALLOWED]
+    with KeepAlive(server.port) as client:
+        statuses = Counter(client.post(endpoint, marked(review, path, key)) for path, key in fields
+                           for endpoint in paths)
+    assert set(statuses) <= {200, 400} and statuses[200] > len(fields) / 2
+    assert any(r.getMessage().startswith("denied ") for r in log.records) or name in ALLOWED_AS_THEY_ARE
+    assert_clean(log, logged=name not in ALLOWED_AS_THEY_ARE)
+
+
+@pytest.fixture(scope="module")
+def extender(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessExtender]:
+    with InProcessExtender(tmp_path_factory.mktemp("extender")) as served:
+        yield served
+
+
+@pytest.mark.parametrize("mode", ["names", "nodes"])
+def test_a_marker_in_any_field_of_an_extender_request_reaches_no_log_line(
+    extender: InProcessExtender, log: pytest.LogCaptureFixture, mode: str
+) -> None:
+    args = json.loads(payload(mode))
+    # Full-Node requests repeat one shape per Node: every field of the envelope, the pod and the first Node.
+    fields = [(path, key) for path, key in string_fields(args)
+              if not (len(path) > 3 and path[:2] == ("Nodes", "items") and path[2] != 0)]
+    with KeepAlive(extender.port) as client:
+        statuses = Counter(client.post(verb, marked(args, path, key)) for path, key in fields
+                           for verb in ("/filter", "/prioritize"))
+    assert set(statuses) <= {200, 400} and statuses[200] > len(fields)
+    assert_clean(log, logged=False)

@@ -10,15 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gpuguard.policy.loading import parse_policy
+from gpuguard.policy.loading import PolicyError, parse_policy
+from gpuguard.policy.model import Policy
+from gpuguard.web import policy_source
 from gpuguard.web.policy_source import PolicySource
-from tests.conftest import ROOT
+from tests.conftest import ROOT, review_body
+from tests.hardening.inprocess import InProcessServer
+from tests.hardening.wire import exchange, head, post
 
 GOOD = (ROOT / "examples" / "policy.yaml").read_text()
 NEW = GOOD.replace("migProfile: 1g.10gb", "migProfile: 2g.20gb").replace("maxGpusPerPod: 4", "maxGpusPerPod: 2")
@@ -89,6 +95,24 @@ def _directory(watched: Watched) -> None:
     watched.path.mkdir()
 
 
+def _fifo(watched: Watched) -> None:
+    """Reading a FIFO with no writer blocks for ever: it hung every service's event loop."""
+    watched.path.unlink()
+    os.mkfifo(watched.path)
+
+
+def _device(watched: Watched) -> None:
+    watched.path.unlink()
+    watched.path.symlink_to("/dev/zero")
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """Nine aliases of nine aliases of ...: 2.3 KB that expand to 9**levels nodes."""
+    lines = ["apiVersion: gpuguard.io/v1", "kind: GpuPolicy", "x0: &a0 [" + ",".join(["lol"] * 9) + "]"]
+    lines += [f"x{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join([*lines, f"namespaces: {{sandbox-*: {{mode: *a{levels - 1}}}}}", ""])
+
+
 FAULTS: dict[str, tuple[Callable[[Watched], None], str]] = {
     "deleted": (_delete, "cannot read"),
     "replaced by a directory": (_directory, "cannot read"),
@@ -98,6 +122,12 @@ FAULTS: dict[str, tuple[Callable[[Watched], None], str]] = {
     "empty": (lambda w: w.write(""), "is invalid"),
     "binary": (lambda w: w.path.write_bytes(b"\xff\xfe\x00garbage"), "cannot read"),
     "unknown version": (lambda w: w.write(NEW.replace("gpuguard.io/v1", "gpuguard.io/v9")), "v9"),
+    "a FIFO": (_fifo, "a FIFO, not a regular file"),
+    "a device": (_device, "a character device, not a regular file"),
+    "larger than a ConfigMap": (lambda w: w.write(NEW + "#" * (1024 * 1024)), "bytes, more than the 1048576"),
+    "an alias bomb": (lambda w: w.write(_alias_bomb()), "more than 100000 YAML nodes"),
+    "a recursive alias": (lambda w: w.write(NEW + "x: &loop [*loop]\n"), "refers to the node that contains it"),
+    "nested too deeply": (lambda w: w.write(NEW + "x: " + "[" * 50_000 + "]" * 50_000 + "\n"), "nests deeper"),
 }
 
 
@@ -161,3 +191,75 @@ def test_the_kubelets_atomic_swap_is_taken_after_one_more_poll(tmp_path: Path) -
     os.replace(volume / "..tmp", volume / "..data")
     assert [source.check(), source.check()] == [False, True]
     assert source.policy == parse_policy(NEW)
+
+
+@pytest.mark.parametrize("fault", ["an alias bomb", "larger than a ConfigMap"])
+def test_a_refused_policy_costs_little_and_logs_a_short_line(watched: Watched, fault: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """The alias bomb was refused only after pydantic had walked its expansion: seconds per level, and a 34 MB
+    log line quoting it."""
+    with caplog.at_level(logging.INFO, logger="gpuguard.web.policy_source"):
+        FAULTS[fault][0](watched)
+        watched.polls(2)
+    (refusal,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(refusal) < 1000
+
+
+def test_a_policy_of_any_size_gets_an_error_message_of_bounded_size(watched: Watched,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    huge_value = GOOD.replace("mode: enforce", "mode: " + "x" * 900_000)
+    many_problems = "apiVersion: gpuguard.io/v1\nkind: GpuPolicy\nrules: [" + ",".join(["{nm: 1}"] * 20_000) + "]\n"
+    for text in (huge_value, many_problems):
+        with pytest.raises(PolicyError) as refused:
+            parse_policy(text)
+        assert len(str(refused.value)) < 40_000
+    assert len(refused.value.issues) == 40_000, "every problem is still there to inspect"
+    with caplog.at_level(logging.INFO, logger="gpuguard.web.policy_source"):
+        watched.write(huge_value)
+        watched.polls(2)
+    assert max(len(r.getMessage()) for r in caplog.records) <= 4200
+
+
+def test_a_fifo_as_the_first_policy_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "policy.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="a FIFO, not a regular file"):
+        PolicySource(fifo, registry=CollectorRegistry())
+
+
+def test_the_webhook_keeps_answering_while_a_policy_is_read_and_parsed(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy is read and parsed off the event loop: a parse that takes long stalls nothing."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_parse(text: str) -> Policy:
+        entered.set()
+        release.wait(30)
+        return parse_policy(text)
+
+    with InProcessServer(policy_path=path, reload_interval=0.05) as server:
+        monkeypatch.setattr(policy_source, "parse_policy", slow_parse)
+        path.write_text(NEW)
+        assert entered.wait(10), "the new file is being parsed"
+        assert exchange(server.port, head("GET", "/healthz", "Connection: close"), timeout=5).status == 200
+        assert exchange(server.port, post("/validate", review_body("review-knative-sklearn.json"))).status == 200
+        release.set()
+        for _ in range(200):
+            if server.policy.generation == 2:
+                break
+            time.sleep(0.05)
+    assert server.policy.generation == 2
+
+
+def test_a_fifo_at_the_policy_path_stalls_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD)
+    with InProcessServer(policy_path=path, reload_interval=0.05) as server:
+        path.unlink()
+        os.mkfifo(path)
+        time.sleep(0.3)  # several polls of the FIFO
+        for _ in range(5):
+            assert exchange(server.port, head("GET", "/healthz", "Connection: close"), timeout=5).status == 200
+        assert server.metric("gpuguard_policy_last_reload_failed") == 1

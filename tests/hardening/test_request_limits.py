@@ -2,8 +2,10 @@
 
 The webhook: AdmissionReview bodies up to 3 MiB (413 beyond, refused on the declared size before reading, and a
 compressed body is counted after decompression); the probes and /metrics read no body; request lines and headers
-are bounded by aiohttp (400). The agent: no body is ever read, request line and headers bounded (414, 431), and a
-silent connection is dropped after the idle timeout so it cannot hold a thread.
+are bounded by aiohttp (400). The agent: no body is ever read, request line and headers bounded (414, 431) and
+refused in JSON that quotes nothing of the request, a silent connection is dropped after the idle timeout and a
+trickling one at the request deadline, so neither can hold a thread, and connections over its bound are closed as
+they arrive.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from gpuguard.web import serving
 from node_agent.serving import HttpServer, create_http_app
 from tests.conftest import review_body
+from tests.hardening import wire
 from tests.hardening.inprocess import InProcessServer
 from webhook.settings import MAX_BODY_BYTES
 
@@ -144,6 +147,72 @@ def test_the_agent_bounds_request_lines_and_headers_and_never_reads_a_body(
 ) -> None:
     assert exchange(agent_port, head).split(b" ")[1] == status
     assert exchange(agent_port, b"GET /healthz HTTP/1.1\r\n\r\n").split(b" ")[1] == b"200"
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /s3cr3t-Mark3r" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nX-Key: s3cr3t-Mark3r" + b"a" * 70_000 + b"\r\n\r\n",
+    b"S3CR3T-MARK3R /metrics HTTP/1.1\r\n\r\n",
+    b"GET /metrics s3cr3t-Mark3r/1.1\r\n\r\n",
+], ids=["request-line", "header", "method", "version"])
+def test_the_agents_refusals_are_json_that_quotes_nothing_of_the_request(agent_port: int, raw: bytes) -> None:
+    reply = wire.exchange(agent_port, raw)
+    assert reply.status >= 400 and reply.headers["content-type"] == "application/json"
+    assert set(reply.json()) == {"error"}
+    assert "s3cr3t" not in (json.dumps(reply.headers) + reply.body.decode()).lower().replace("-", "")
+
+
+@pytest.fixture
+def strict_agent() -> Iterator[int]:
+    server = HttpServer(create_http_app(CollectorRegistry(), ready=lambda: True), host="127.0.0.1", port=0,
+                        idle_timeout=0.5, request_deadline=1.5, max_connections=2)
+    server.start()
+    try:
+        yield server.port
+    finally:
+        server.stop()
+
+
+def test_the_agent_closes_a_request_trickling_in_at_its_deadline(strict_agent: int) -> None:
+    """A byte every 0.2 s never trips the 0.5 s idle timeout; the 1.5 s deadline for the whole request ends it."""
+    with socket.create_connection(("127.0.0.1", strict_agent), timeout=20) as connection:
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 200:
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.2)
+            if time.monotonic() - started > 10:
+                break
+        if not closed:
+            connection.settimeout(5)
+            try:
+                closed = connection.recv(1024) == b""
+            except ConnectionResetError:
+                closed = True
+        assert closed and time.monotonic() - started < 6
+
+
+def test_the_agent_closes_connections_over_its_bound_as_they_arrive(strict_agent: int) -> None:
+    held = [socket.create_connection(("127.0.0.1", strict_agent), timeout=20) for _ in range(2)]
+    try:
+        time.sleep(0.1)  # both accepted, each holding a thread
+        with socket.create_connection(("127.0.0.1", strict_agent), timeout=20) as third:
+            started = time.monotonic()
+            third.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            try:
+                assert third.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() - started < 0.4, "closed at once, not by the 0.5 s idle timeout"
+    finally:
+        for connection in held:
+            connection.close()
+    time.sleep(0.2)
+    assert exchange(strict_agent, b"GET /healthz HTTP/1.1\r\n\r\n").split(b" ")[1] == b"200"
 
 
 def test_the_agent_drops_a_connection_that_sends_nothing(agent_port: int) -> None:
