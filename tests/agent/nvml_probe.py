@@ -5,7 +5,8 @@ FAKE_NVML_CONFIG at a writable path. The scenario is `{"hostname": ..., "steps":
 the config is swapped in (the library re-reads it), the agent's registry is scraped once, and what the agent saw is
 written to stdout as JSON: the snapshot, the exposition text, the inventory annotation, the NVML error counts and
 the GPM samples the library holds. GPM measures every read (`gpmMinInterval`, default 0 s): steps follow each other
-within milliseconds.
+within milliseconds. With `"podResourcesSocket": PATH` the collector labels devices with the pods the kubelet
+there reports, asked once before the first scrape.
 A process of its own because pynvml loads the library once, through the dynamic linker's search path.
 """
 
@@ -29,6 +30,7 @@ from node_agent.collector import GpuCollector
 from node_agent.inventory import build_inventory
 from node_agent.metrics import AgentMetrics
 from node_agent.nvml import NvmlBackend
+from node_agent.podresources import PodResourcesClient
 
 
 class Recording:
@@ -71,7 +73,11 @@ def main(scenario_path: str) -> None:
     library = ctypes.CDLL("libnvidia-ml.so.1")  # the fake one: what pynvml loaded
     registry = CollectorRegistry()
     metrics = AgentMetrics(registry)
-    registry.register(GpuCollector(backend, hostname=scenario["hostname"], metrics=metrics))
+    pods = None
+    if "podResourcesSocket" in scenario:  # the kubelet's PodResources API, asked once before the first scrape
+        pods = PodResourcesClient(Path(scenario["podResourcesSocket"]), max_age=3600)
+        pods.allocations()
+    registry.register(GpuCollector(backend, hostname=scenario["hostname"], metrics=metrics, pods=pods))
     results = []
     for step in scenario["steps"]:
         swap_in(step, config_path)
@@ -85,6 +91,8 @@ def main(scenario_path: str) -> None:
             "gpmSamples": library.fakeNvmlLiveGpmSamples(),
         })
     backend.close()
+    if pods is not None:
+        pods.close()
     results.append({"gpmSamples": library.fakeNvmlLiveGpmSamples()})
     json.dump(results, sys.stdout)
 
