@@ -39,13 +39,44 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PODS = ROOT / "tests" / "data" / "agent" / "podresources-8xh100-mig.json"
 
 SCRAPE_CHILD = """
-import json, statistics, sys, time
+import dataclasses, itertools, json, statistics, sys, time
 from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from node_agent.collector import GpuCollector
+from node_agent.exposition import CachedExposition
 from node_agent.metrics import AgentMetrics
 from node_agent.nvml import NvmlBackend
 from node_agent.podresources import PodResourcesClient
+
+
+class Busy:
+    # The NVML read, then what a busy node changes between two scrapes: every GPU's power, energy and temperature
+    # and every instance's activity (the fake library's values stay put). Timed as part of the scrape.
+    def __init__(self, backend):
+        self.backend, self.name, self.step = backend, backend.name, itertools.count()
+
+    def read(self):
+        snapshot, step = self.backend.read(), next(self.step)
+        def instance(m):
+            return dataclasses.replace(m, activity=dataclasses.replace(m.activity, graphics=(step % 97) / 97,
+                                                                       sm=(step % 89) / 89))
+        return dataclasses.replace(snapshot, gpus=tuple(dataclasses.replace(
+            g, power_w=100.0 + step % 300, energy_mj=1e6 + step * 1500.0, temperature_c=35.0 + step % 20,
+            mig_devices=tuple(instance(m) if m.activity is not None else m for m in g.mig_devices))
+            for g in snapshot.gpus))
+
+
+def timed(render, rounds):
+    for _ in range(20):
+        render()  # warm up: first reads probe the MIG profile table and unsupported fields
+    wall, cpu = [], []
+    for _ in range(rounds):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        body = render()
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    return wall, cpu, body
+
 
 # GPM measures on every read here (min interval 0: the worst case); the kubelet is asked on the client's own
 # thread every 5 s, as in the agent, and its List is timed on its own below.
@@ -53,17 +84,18 @@ backend = NvmlBackend(gpm_min_interval=0)
 pods = PodResourcesClient(Path(sys.argv[2]), max_age=5)
 pods.start()
 lister = PodResourcesClient(Path(sys.argv[2]), max_age=0)
-registry = CollectorRegistry()
-registry.register(GpuCollector(backend, hostname="bench-node", metrics=AgentMetrics(registry), pods=pods))
 rounds = int(sys.argv[1])
-for _ in range(20):
-    generate_latest(registry)  # warm up: first reads probe the MIG profile table and unsupported fields
-scrapes, reads, cpu = [], [], []
-for _ in range(rounds):
-    started, started_cpu = time.perf_counter(), time.process_time()
-    body = generate_latest(registry)
-    scrapes.append(time.perf_counter() - started)
-    cpu.append(time.process_time() - started_cpu)
+result = {}
+for case, source in (("steady", backend), ("busy", Busy(backend))):
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(source, hostname="bench-node", metrics=AgentMetrics(registry), pods=pods))
+    exposition = CachedExposition(registry)  # what the agent's /metrics renders with
+    result[case], result[case + "_cpu"], rendered = timed(exposition.render, rounds)
+    result[case + "_reused"] = exposition.reused / (rounds + 20)
+    if case == "steady":
+        body = rendered
+        result["plain"], result["plain_cpu"], _ = timed(lambda: generate_latest(registry), rounds)
+reads = []
 for _ in range(rounds):
     started = time.perf_counter()
     backend.read()
@@ -74,9 +106,9 @@ for _ in range(rounds):
     lister.allocations()
     lists.append(time.perf_counter() - started)
 text = body.decode()
-print(json.dumps({"scrape": scrapes, "cpu": cpu, "read": reads, "list": lists, "bytes": len(body),
+print(json.dumps({**result, "read": reads, "list": lists, "bytes": len(body),
                   "samples": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
-                  "attributed": text.count('pod="'), "engine": text.count("DCGM_FI_PROF_GR_ENGINE_ACTIVE{")}))
+                  "families": text.count("# TYPE "), "attributed": text.count('pod="'), "engine": text.count("DCGM_FI_PROF_GR_ENGINE_ACTIVE{")}))
 """
 
 
@@ -106,8 +138,15 @@ def bench_scrape(library: Path, socket: Path, rounds: int) -> None:
     numbers = json.loads(result.stdout)
     print(f"scrape of 8 GPUs x 7 MIG devices (NVML read with GPM + pod attribution + exposition, {numbers['samples']} "
           f"samples, {numbers['engine']} of them GR_ENGINE_ACTIVE, {numbers['attributed']} with a pod, "
-          f"{numbers['bytes']} bytes), {rounds} rounds: {milliseconds(numbers['scrape'])}")
-    print(f"  CPU time of the same scrapes: {milliseconds(numbers['cpu'])}")
+          f"{numbers['bytes']} bytes), {rounds} rounds each:")
+    for case, what in (("steady", "values as the fake library serves them (unchanged between scrapes)"),
+                       ("busy", "busy node: power, energy, temperature and every instance's activity change")):
+        print(f"  {what}; {numbers[case + '_reused']:.1f} of {numbers['families']} families reused per scrape:")
+        print(f"    wall clock: {milliseconds(numbers[case])}")
+        print(f"    CPU time:   {milliseconds(numbers[case + '_cpu'])}")
+    print("  every family rendered anew (generate_latest of the whole registry, values unchanged):")
+    print(f"    wall clock: {milliseconds(numbers['plain'])}")
+    print(f"    CPU time:   {milliseconds(numbers['plain_cpu'])}")
     print(f"  the NVML read alone (GPM included): {milliseconds(numbers['read'])}")
     print(f"  the kubelet List alone (96 pods; on the client's thread every 5 s, not in the scrape): "
           f"{milliseconds(numbers['list'])}")
