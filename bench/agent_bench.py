@@ -8,8 +8,12 @@ Targets: one scrape of 8 GPUs with MIG devices, GPM activity and pod attribution
 libnvidia-ml.so.1 of the tests (compiled here with gcc) serving tests/data/agent/nvml-8xh100-mig.json: 8 H100s, each
 with seven 1g.10gb instances with GPM, read through the real pynvml. The tests' stand-in kubelet answers PodResources
 `List` on a unix socket with tests/data/agent/podresources-8xh100-mig.json (each instance held by a pod of its own,
-96 pods). The agent talks to the tests' stand-in API server through the official client, as in a cluster. Numbers
-are printed, never asserted: this is a shared machine, compare within a run.
+96 pods). The agent talks to the tests' stand-in API server through the official client, as in a cluster. The
+scrape is timed as `/metrics` renders it (`CachedExposition`): with the fake library's values, which stay the same
+from scrape to scrape; as a busy node, where power, energy, temperature and every instance's activity change on
+every scrape; and with every family rendered anew (`generate_latest` of the registry). The agent processes run
+without the test-only packages, as the image does (`TEST_ONLY`). Numbers are printed, never asserted: this is a
+shared machine, compare within a run.
 """
 
 from __future__ import annotations
@@ -175,12 +179,23 @@ def wait_ready(url: str, timeout: float = 30) -> None:
     sys.exit(f"the agent at {url} did not become ready")
 
 
+TEST_ONLY = ("kubernetes_validate",)
+"""Installed here for the tests but not in the image (pyproject's `test` extra). The Kubernetes client's `dynamic`
+module imports it when it is there, and with it jsonschema, referencing, rpds and attrs (about 3 MiB); the agent
+processes below run with these imports failing, as they do in the image, except the one labelled otherwise."""
+
+AS_IN_IMAGE = ("import runpy, sys; sys.modules.update(dict.fromkeys(sys.argv.pop(1).split(','))); "
+               "sys.argv[0] = sys.argv.pop(1); runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
+"""`python -m MODULE ARGS` with the modules named in the first argument made unimportable."""
+
+
 def bench_process(library: Path, kubeconfig: Path, socket: Path | None, duration: float, command: list[str],
-                  label: str) -> None:
+                  label: str, *, hidden: tuple[str, ...] = TEST_ONLY) -> None:
     port = 19471
     args = ["--node-name", "bench-node", "--backend", "nvml", "--kubeconfig", str(kubeconfig), "--interval", "15",
             "--host", "127.0.0.1", "--metrics-port", str(port), "--pod-resources-socket", str(socket or "")]
-    agent = subprocess.Popen([sys.executable, "-m", *command, *args], env=environment(library), cwd=ROOT,
+    start = ["-c", AS_IN_IMAGE, ",".join(hidden)] if hidden else ["-m"]
+    agent = subprocess.Popen([sys.executable, *start, *command, *args], env=environment(library), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -258,6 +273,8 @@ def main() -> None:
                       "gpuguard agent (memory includes the other services' modules)")
         bench_process(library, kubeconfig, None, min(args.duration, 20), ["node_agent"],
                       "python -m node_agent --pod-resources-socket '' (no attribution: gRPC never loaded)")
+        bench_process(library, kubeconfig, kubelet.socket, min(args.duration, 20), ["node_agent"],
+                      "python -m node_agent with the test-only packages importable (this checkout's venv)", hidden=())
         print(f"(the agents made {len(api_server.requests)} API requests in all: "
               f"{', '.join(sorted({f'{r.method} {r.path}' for r in api_server.requests}))})")
 
