@@ -8,8 +8,9 @@ the holders of each device), so each family is rendered by `generate_latest` on 
 the family: the next scrape reuses the text when the family compares equal (prometheus_client's `Metric` equality:
 name, help, type, unit and every sample's name, labels, value, timestamp), and renders it anew otherwise. The
 collector's label dicts are the same objects from scrape to scrape (`collector.LabelCache`), so an unchanged sample
-is recognised without comparing its labels. The body is byte for byte what `generate_latest(registry)` returns; a
-family that disappears is forgotten. Text written here never comes from anywhere but prometheus_client.
+is recognised without comparing its labels. The body is byte for byte what `generate_latest(registry)` returns (but
+for the sign of a zero: 0.0 and -0.0 compare equal, the same value to Prometheus); a family that disappears is
+forgotten. Text written here never comes from anywhere but prometheus_client.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The other services use aiohttp; the agent deliberately does not. It runs on ever
 budget, and aiohttp and the Kubernetes client together already cost about 64 MB. Three GET endpoints need no event
 loop: the standard library's threaded WSGI server serves them in a few hundred kB. `/metrics` is prometheus_client's
 text exposition through `CachedExposition` (families unchanged since the last scrape are not rendered again), gzip
-when asked for; other methods than GET get prometheus_client's WSGI app's answers (OPTIONS, 405).
+when asked for (prometheus_client's `name[]` filter is not offered: Prometheus never sends it); other methods than GET
+get prometheus_client's WSGI app's answers (OPTIONS, 405).
 
 Limits, since every connection holds a thread: a client that sends nothing for `IDLE_TIMEOUT` seconds is
 disconnected; the request line is at most 64 KiB (414 beyond) and the headers at most 100 lines of 64 KiB (431
