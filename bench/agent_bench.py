@@ -99,18 +99,21 @@ for case, source in (("steady", backend), ("busy", Busy(backend))):
     if case == "steady":
         body = rendered
         result["plain"], result["plain_cpu"], _ = timed(lambda: generate_latest(registry), rounds)
-reads = []
+reads, busy_reads, busy = [], [], Busy(backend)
 for _ in range(rounds):
     started = time.perf_counter()
     backend.read()
     reads.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    busy.read()
+    busy_reads.append(time.perf_counter() - started)
 lists = []
 for _ in range(rounds):
     started = time.perf_counter()
     lister.allocations()
     lists.append(time.perf_counter() - started)
 text = body.decode()
-print(json.dumps({**result, "read": reads, "list": lists, "bytes": len(body),
+print(json.dumps({**result, "read": reads, "busy_read": busy_reads, "list": lists, "bytes": len(body),
                   "samples": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
                   "families": text.count("# TYPE "), "attributed": text.count('pod="'), "engine": text.count("DCGM_FI_PROF_GR_ENGINE_ACTIVE{")}))
 """
@@ -152,6 +155,7 @@ def bench_scrape(library: Path, socket: Path, rounds: int) -> None:
     print(f"    wall clock: {milliseconds(numbers['plain'])}")
     print(f"    CPU time:   {milliseconds(numbers['plain_cpu'])}")
     print(f"  the NVML read alone (GPM included): {milliseconds(numbers['read'])}")
+    print(f"  the NVML read with the busy node's changes made to it: {milliseconds(numbers['busy_read'])}")
     print(f"  the kubelet List alone (96 pods; on the client's thread every 5 s, not in the scrape): "
           f"{milliseconds(numbers['list'])}")
     print(f"  (load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
