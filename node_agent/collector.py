@@ -1,7 +1,8 @@
 """Prometheus exposition of GPU readings under dcgm-exporter's names and labels, plus the scrape's own health.
 
 A custom collector: every scrape reads the backend once and yields fresh metric families, so nothing stale lingers
-after a GPU disappears, and a failing GPU or field only loses its own samples. Names, labels and units follow
+after a GPU disappears, and a failing GPU or field only loses its own samples. Only the label dicts outlive a
+scrape (`LabelCache`): they depend on nothing that changes between scrapes of the same devices and holders. Names, labels and units follow
 dcgm-exporter (reference/domain.md section 4) wherever a DCGM field exists, so dashboards and the extender's queries
 (`DCGM_FI_DEV_GPU_UTIL` by `Hostname`) work against either exporter. The exported fields are the `FIELDS` table
 below and nowhere else.
