@@ -2,10 +2,10 @@
 
 A custom collector: every scrape reads the backend once and yields fresh metric families, so nothing stale lingers
 after a GPU disappears, and a failing GPU or field only loses its own samples. Only the label dicts outlive a
-scrape (`LabelCache`): they depend on nothing that changes between scrapes of the same devices and holders. Names, labels and units follow
-dcgm-exporter (reference/domain.md section 4) wherever a DCGM field exists, so dashboards and the extender's queries
-(`DCGM_FI_DEV_GPU_UTIL` by `Hostname`) work against either exporter. The exported fields are the `FIELDS` table
-below and nowhere else.
+scrape (`LabelCache`): they depend on nothing that changes between scrapes of the same devices and holders. Names,
+labels and units follow dcgm-exporter (its default-counters.csv) wherever a DCGM field exists, so dashboards and the
+extender's queries (`DCGM_FI_DEV_GPU_UTIL` by `Hostname`) work against either exporter. The exported fields are the
+`FIELDS` table below and nowhere else.
 
 What NVML cannot measure is not exported: no `DCGM_FI_DEV_GPU_UTIL` for a MIG-enabled GPU. Where NVML's GPM says the
 GPU supports it (Hopper and newer), `DCGM_FI_PROF_GR_ENGINE_ACTIVE` and `DCGM_FI_PROF_SM_ACTIVE` (ratios 0..1, as
