@@ -8,8 +8,12 @@ Targets: one scrape of 8 GPUs with MIG devices, GPM activity and pod attribution
 libnvidia-ml.so.1 of the tests (compiled here with gcc) serving tests/data/agent/nvml-8xh100-mig.json: 8 H100s, each
 with seven 1g.10gb instances with GPM, read through the real pynvml. The tests' stand-in kubelet answers PodResources
 `List` on a unix socket with tests/data/agent/podresources-8xh100-mig.json (each instance held by a pod of its own,
-96 pods). The agent talks to the tests' stand-in API server through the official client, as in a cluster. Numbers
-are printed, never asserted: this is a shared machine, compare within a run.
+96 pods). The agent talks to the tests' stand-in API server through the official client, as in a cluster. The
+scrape is timed as `/metrics` renders it (`CachedExposition`): with the fake library's values, which stay the same
+from scrape to scrape; as a busy node, where power, energy, temperature and every instance's activity change on
+every scrape; and with every family rendered anew (`generate_latest` of the registry). The agent processes run
+without the test-only packages, as the image does (`TEST_ONLY`). Numbers are printed, never asserted: this is a
+shared machine, compare within a run.
 """
 
 from __future__ import annotations
@@ -39,13 +43,44 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PODS = ROOT / "tests" / "data" / "agent" / "podresources-8xh100-mig.json"
 
 SCRAPE_CHILD = """
-import json, statistics, sys, time
+import dataclasses, itertools, json, statistics, sys, time
 from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from node_agent.collector import GpuCollector
+from node_agent.exposition import CachedExposition
 from node_agent.metrics import AgentMetrics
 from node_agent.nvml import NvmlBackend
 from node_agent.podresources import PodResourcesClient
+
+
+class Busy:
+    # The NVML read, then what a busy node changes between two scrapes: every GPU's power, energy and temperature
+    # and every instance's activity (the fake library's values stay put). Timed as part of the scrape.
+    def __init__(self, backend):
+        self.backend, self.name, self.step = backend, backend.name, itertools.count()
+
+    def read(self):
+        snapshot, step = self.backend.read(), next(self.step)
+        def instance(m):
+            return dataclasses.replace(m, activity=dataclasses.replace(m.activity, graphics=(step % 97) / 97,
+                                                                       sm=(step % 89) / 89))
+        return dataclasses.replace(snapshot, gpus=tuple(dataclasses.replace(
+            g, power_w=100.0 + step % 300, energy_mj=1e6 + step * 1500.0, temperature_c=35.0 + step % 20,
+            mig_devices=tuple(instance(m) if m.activity is not None else m for m in g.mig_devices))
+            for g in snapshot.gpus))
+
+
+def timed(render, rounds):
+    for _ in range(20):
+        render()  # warm up: first reads probe the MIG profile table and unsupported fields
+    wall, cpu = [], []
+    for _ in range(rounds):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        body = render()
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    return wall, cpu, body
+
 
 # GPM measures on every read here (min interval 0: the worst case); the kubelet is asked on the client's own
 # thread every 5 s, as in the agent, and its List is timed on its own below.
@@ -53,30 +88,34 @@ backend = NvmlBackend(gpm_min_interval=0)
 pods = PodResourcesClient(Path(sys.argv[2]), max_age=5)
 pods.start()
 lister = PodResourcesClient(Path(sys.argv[2]), max_age=0)
-registry = CollectorRegistry()
-registry.register(GpuCollector(backend, hostname="bench-node", metrics=AgentMetrics(registry), pods=pods))
 rounds = int(sys.argv[1])
-for _ in range(20):
-    generate_latest(registry)  # warm up: first reads probe the MIG profile table and unsupported fields
-scrapes, reads, cpu = [], [], []
-for _ in range(rounds):
-    started, started_cpu = time.perf_counter(), time.process_time()
-    body = generate_latest(registry)
-    scrapes.append(time.perf_counter() - started)
-    cpu.append(time.process_time() - started_cpu)
+result = {}
+for case, source in (("steady", backend), ("busy", Busy(backend))):
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(source, hostname="bench-node", metrics=AgentMetrics(registry), pods=pods))
+    exposition = CachedExposition(registry)  # what the agent's /metrics renders with
+    result[case], result[case + "_cpu"], rendered = timed(exposition.render, rounds)
+    result[case + "_reused"] = exposition.reused / (rounds + 20)
+    if case == "steady":
+        body = rendered
+        result["plain"], result["plain_cpu"], _ = timed(lambda: generate_latest(registry), rounds)
+reads, busy_reads, busy = [], [], Busy(backend)
 for _ in range(rounds):
     started = time.perf_counter()
     backend.read()
     reads.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    busy.read()
+    busy_reads.append(time.perf_counter() - started)
 lists = []
 for _ in range(rounds):
     started = time.perf_counter()
     lister.allocations()
     lists.append(time.perf_counter() - started)
 text = body.decode()
-print(json.dumps({"scrape": scrapes, "cpu": cpu, "read": reads, "list": lists, "bytes": len(body),
+print(json.dumps({**result, "read": reads, "busy_read": busy_reads, "list": lists, "bytes": len(body),
                   "samples": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
-                  "attributed": text.count('pod="'), "engine": text.count("DCGM_FI_PROF_GR_ENGINE_ACTIVE{")}))
+                  "families": text.count("# TYPE "), "attributed": text.count('pod="'), "engine": text.count("DCGM_FI_PROF_GR_ENGINE_ACTIVE{")}))
 """
 
 
@@ -106,9 +145,17 @@ def bench_scrape(library: Path, socket: Path, rounds: int) -> None:
     numbers = json.loads(result.stdout)
     print(f"scrape of 8 GPUs x 7 MIG devices (NVML read with GPM + pod attribution + exposition, {numbers['samples']} "
           f"samples, {numbers['engine']} of them GR_ENGINE_ACTIVE, {numbers['attributed']} with a pod, "
-          f"{numbers['bytes']} bytes), {rounds} rounds: {milliseconds(numbers['scrape'])}")
-    print(f"  CPU time of the same scrapes: {milliseconds(numbers['cpu'])}")
+          f"{numbers['bytes']} bytes), {rounds} rounds each:")
+    for case, what in (("steady", "values as the fake library serves them (unchanged between scrapes)"),
+                       ("busy", "busy node: power, energy, temperature and every instance's activity change")):
+        print(f"  {what}; {numbers[case + '_reused']:.1f} of {numbers['families']} families reused per scrape:")
+        print(f"    wall clock: {milliseconds(numbers[case])}")
+        print(f"    CPU time:   {milliseconds(numbers[case + '_cpu'])}")
+    print("  every family rendered anew (generate_latest of the whole registry, values unchanged):")
+    print(f"    wall clock: {milliseconds(numbers['plain'])}")
+    print(f"    CPU time:   {milliseconds(numbers['plain_cpu'])}")
     print(f"  the NVML read alone (GPM included): {milliseconds(numbers['read'])}")
+    print(f"  the NVML read with the busy node's changes made to it: {milliseconds(numbers['busy_read'])}")
     print(f"  the kubelet List alone (96 pods; on the client's thread every 5 s, not in the scrape): "
           f"{milliseconds(numbers['list'])}")
     print(f"  (load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
@@ -136,12 +183,23 @@ def wait_ready(url: str, timeout: float = 30) -> None:
     sys.exit(f"the agent at {url} did not become ready")
 
 
+TEST_ONLY = ("kubernetes_validate",)
+"""Installed here for the tests but not in the image (pyproject's `test` extra). The Kubernetes client's `dynamic`
+module imports it when it is there, and with it jsonschema, referencing, rpds and attrs (about 3 MiB); the agent
+processes below run with these imports failing, as they do in the image, except the one labelled otherwise."""
+
+AS_IN_IMAGE = ("import runpy, sys; sys.modules.update(dict.fromkeys(sys.argv.pop(1).split(','))); "
+               "sys.argv[0] = sys.argv.pop(1); runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
+"""`python -m MODULE ARGS` with the modules named in the first argument made unimportable."""
+
+
 def bench_process(library: Path, kubeconfig: Path, socket: Path | None, duration: float, command: list[str],
-                  label: str) -> None:
+                  label: str, *, hidden: tuple[str, ...] = TEST_ONLY) -> None:
     port = 19471
     args = ["--node-name", "bench-node", "--backend", "nvml", "--kubeconfig", str(kubeconfig), "--interval", "15",
             "--host", "127.0.0.1", "--metrics-port", str(port), "--pod-resources-socket", str(socket or "")]
-    agent = subprocess.Popen([sys.executable, "-m", *command, *args], env=environment(library), cwd=ROOT,
+    start = ["-c", AS_IN_IMAGE, ",".join(hidden)] if hidden else ["-m"]
+    agent = subprocess.Popen([sys.executable, *start, *command, *args], env=environment(library), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -219,6 +277,8 @@ def main() -> None:
                       "gpuguard agent (memory includes the other services' modules)")
         bench_process(library, kubeconfig, None, min(args.duration, 20), ["node_agent"],
                       "python -m node_agent --pod-resources-socket '' (no attribution: gRPC never loaded)")
+        bench_process(library, kubeconfig, kubelet.socket, min(args.duration, 20), ["node_agent"],
+                      "python -m node_agent with the test-only packages importable (this checkout's venv)", hidden=())
         print(f"(the agents made {len(api_server.requests)} API requests in all: "
               f"{', '.join(sorted({f'{r.method} {r.path}' for r in api_server.requests}))})")
 

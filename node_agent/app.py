@@ -21,7 +21,6 @@ from gpuguard.k8s.cluster_state import ClusterStateFile
 from gpuguard.k8s.nodes import ClusterStateNodes, KubernetesNodes, NodeApi, NodeApiError
 from gpuguard.web.policy_source import PolicySource
 from node_agent.backend import Backend, BackendUnavailable
-from node_agent.fake import FakeBackend
 from node_agent.inventory import build_inventory
 from node_agent.metrics import AgentMetrics
 from node_agent.null import NullBackend
@@ -41,6 +40,8 @@ def open_backend(settings: AgentSettings) -> Backend:
     if settings.backend == "fake":
         if settings.fake_gpus is None:
             raise BackendUnavailable("--backend fake needs --fake-gpus FILE (node-annotation schema, YAML or JSON)")
+        from node_agent.fake import FakeBackend  # imported here: its file schema is only needed for this backend
+
         return FakeBackend(settings.fake_gpus)
     try:
         from node_agent.nvml import NvmlBackend  # imported here: pynvml is only needed for this backend

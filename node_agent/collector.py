@@ -1,10 +1,11 @@
 """Prometheus exposition of GPU readings under dcgm-exporter's names and labels, plus the scrape's own health.
 
 A custom collector: every scrape reads the backend once and yields fresh metric families, so nothing stale lingers
-after a GPU disappears, and a failing GPU or field only loses its own samples. Names, labels and units follow
-dcgm-exporter (its default-counters.csv) wherever a DCGM field exists, so dashboards and the extender's queries
-(`DCGM_FI_DEV_GPU_UTIL` by `Hostname`) work against either exporter. The exported fields are the `FIELDS` table
-below and nowhere else.
+after a GPU disappears, and a failing GPU or field only loses its own samples. Only the label dicts outlive a
+scrape (`LabelCache`): they depend on nothing that changes between scrapes of the same devices and holders. Names,
+labels and units follow dcgm-exporter (its default-counters.csv) wherever a DCGM field exists, so dashboards and the
+extender's queries (`DCGM_FI_DEV_GPU_UTIL` by `Hostname`) work against either exporter. The exported fields are the
+`FIELDS` table below and nowhere else.
 
 What NVML cannot measure is not exported: no `DCGM_FI_DEV_GPU_UTIL` for a MIG-enabled GPU. Where NVML's GPM says the
 GPU supports it (Hopper and newer), `DCGM_FI_PROF_GR_ENGINE_ACTIVE` and `DCGM_FI_PROF_SM_ACTIVE` (ratios 0..1, as
@@ -21,6 +22,7 @@ MIG-enabled GPU belong to no single pod and carry none.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -114,23 +116,58 @@ def attributed(labels: dict[str, str], holding: tuple[Holder, ...]) -> tuple[dic
 
 @dataclass(frozen=True, slots=True)
 class _Labelled:
-    """A GPU with its sample label sets, and each of its MIG devices with theirs (built once per scrape)."""
+    """A GPU with its sample label sets, and each of its MIG devices with theirs."""
 
     gpu: GpuReading
     labels: tuple[dict[str, str], ...]
     migs: tuple[tuple[MigReading, tuple[dict[str, str], ...]], ...]
 
 
-def _row(gpu: GpuReading, *, hostname: str, driver: str, holding: Holders) -> _Labelled:
+_LabelKey = tuple[object, ...]
+_LabelSets = tuple[tuple[dict[str, str], ...], tuple[tuple[dict[str, str], ...], ...]]
+
+
+class LabelCache:
+    """Each GPU's label sets (its own and its MIG devices'), built once and reused while nothing they are made of
+    changes: the GPU's identity, its MIG devices' profiles and ids, the driver, the holding containers.
+
+    Reused label dicts are the same objects from scrape to scrape, so `CachedExposition` recognises an unchanged
+    sample by identity before comparing values. Only the GPUs of the last scrape are kept. The dicts are shared:
+    nothing may modify a sample's labels.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[_LabelKey, _LabelSets] = {}
+        self._lock = threading.Lock()
+
+    def rows(self, snapshot: Snapshot, *, hostname: str, holding: Holders) -> list[_Labelled]:
+        used: dict[_LabelKey, _LabelSets] = {}
+        with self._lock:
+            rows = [self._row(gpu, snapshot.driver, hostname, holding, used) for gpu in snapshot.gpus]
+            self._rows = used
+        return rows
+
+    def _row(self, gpu: GpuReading, driver: str, hostname: str, holding: Holders,
+             used: dict[_LabelKey, _LabelSets]) -> _Labelled:
+        own = () if gpu.mig_enabled else holding.get(gpu.uuid, ())
+        key = (gpu.index, gpu.uuid, gpu.pci_bus_id, gpu.name, hostname, driver, own,
+               tuple((m.uuid, m.profile, m.gpu_instance_id, holding.get(m.uuid, ())) for m in gpu.mig_devices))
+        sets = self._rows.get(key) or used.get(key) or _label_sets(gpu, driver, hostname, own, holding)
+        used[key] = sets
+        return _Labelled(gpu, sets[0], tuple(zip(gpu.mig_devices, sets[1], strict=True)))
+
+
+def _label_sets(gpu: GpuReading, driver: str, hostname: str, own: tuple[Holder, ...], holding: Holders) -> _LabelSets:
     labels = gpu_labels(gpu, hostname=hostname, driver=driver)
-    own = () if gpu.mig_enabled else holding.get(gpu.uuid, ())
-    migs = tuple((m, attributed(mig_labels(labels, m), holding.get(m.uuid, ()))) for m in gpu.mig_devices)
-    return _Labelled(gpu, attributed(labels, own), migs)
+    migs = tuple(attributed(mig_labels(labels, m), holding.get(m.uuid, ())) for m in gpu.mig_devices)
+    return attributed(labels, own), migs
 
 
-def dcgm_families(snapshot: Snapshot, *, hostname: str, holding: Holders | None = None) -> list[Metric]:
-    """One family per field that has at least one sample; `holding` attributes devices to containers."""
-    rows = [_row(g, hostname=hostname, driver=snapshot.driver, holding=holding or {}) for g in snapshot.gpus]
+def dcgm_families(snapshot: Snapshot, *, hostname: str, holding: Holders | None = None,
+                  labels: LabelCache | None = None) -> list[Metric]:
+    """One family per field that has at least one sample; `holding` attributes devices to containers, `labels`
+    reuses the label sets of earlier scrapes."""
+    rows = (labels or LabelCache()).rows(snapshot, hostname=hostname, holding=holding or {})
     families = []
     for field in FIELDS:
         family = Metric(field.name, field.help, _EXPOSED_TYPE[field.kind])
@@ -179,6 +216,7 @@ class GpuCollector:
         self._metrics = metrics
         self._pods = pods
         self._clock = clock
+        self._labels = LabelCache()
 
     def describe(self) -> list[Metric]:
         """Nothing: registering must not read the GPUs (the names are checked against FIELDS in the tests)."""
@@ -190,6 +228,6 @@ class GpuCollector:
         holding = holders(self._pods.allocations(), snapshot) if self._pods is not None else {}
         seconds = self._clock() - started
         self._metrics.record_read(snapshot)
-        yield from dcgm_families(snapshot, hostname=self._hostname, holding=holding)
+        yield from dcgm_families(snapshot, hostname=self._hostname, holding=holding, labels=self._labels)
         yield from health_families(snapshot, backend=self._backend.name, seconds=seconds)
         yield self._metrics.nvml_errors.family()

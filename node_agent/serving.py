@@ -2,8 +2,10 @@
 
 The other services use aiohttp; the agent deliberately does not. It runs on every GPU node with a 60 MB memory
 budget, and aiohttp and the Kubernetes client together already cost about 64 MB. Three GET endpoints need no event
-loop: the standard library's threaded WSGI server and prometheus_client's WSGI app (gzip when asked for) serve them
-in a few hundred kB.
+loop: the standard library's threaded WSGI server serves them in a few hundred kB. `/metrics` is prometheus_client's
+text exposition through `CachedExposition` (families unchanged since the last scrape are not rendered again), gzip
+when asked for (prometheus_client's `name[]` filter is not offered: Prometheus never sends it); other methods than GET
+get a 405 in fixed words (see the limits below).
 
 Limits, since every connection holds a thread: at most `MAX_CONNECTIONS` at once (more are closed as soon as they
 are accepted); a client that sends nothing for `IDLE_TIMEOUT` seconds is disconnected, and one that has not sent
@@ -16,6 +18,7 @@ and a 404 naming the path would quote the request); errors are logged by type on
 
 from __future__ import annotations
 
+import gzip
 import http
 import io
 import json
@@ -30,7 +33,10 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+from node_agent.exposition import CachedExposition
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def create_http_app(registry: CollectorRegistry, *, ready: Callable[[], bool]) -> WSGIApplication:
-    metrics = make_wsgi_app(registry)
+    exposition = CachedExposition(registry)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -129,10 +135,7 @@ def create_http_app(registry: CollectorRegistry, *, ready: Callable[[], bool]) -
             return _json(start_response, "405 Method Not Allowed", {"error": "only GET is served"},
                          ("Allow", "GET"))
         if path == "/metrics":
-            # Always the Prometheus text format, as dcgm-exporter serves: rendering OpenMetrics (which Prometheus
-            # prefers when offered) costs 1.6 times as much CPU per scrape. Compression is still negotiated.
-            body: Iterable[bytes] = metrics({**environ, "HTTP_ACCEPT": "text/plain"}, start_response)
-            return body
+            return _metrics(exposition, environ, start_response)
         if path == "/healthz":
             return _json(start_response, "200 OK", {"status": "ok"})
         if path == "/readyz":
@@ -142,6 +145,18 @@ def create_http_app(registry: CollectorRegistry, *, ready: Callable[[], bool]) -
         return _json(start_response, "404 Not Found", {"error": "no such endpoint; try /metrics, /healthz or /readyz"})
 
     return app
+
+
+def _metrics(exposition: CachedExposition, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+    """Always the Prometheus text format, as dcgm-exporter serves: rendering OpenMetrics (which Prometheus prefers
+    when offered) costs 1.6 times as much CPU per scrape. Compression is still negotiated."""
+    body = exposition.render()
+    headers = [("Content-Type", choose_encoder("text/plain")[1])]
+    if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+        body = gzip.compress(body)
+        headers.append(("Content-Encoding", "gzip"))
+    start_response("200 OK", headers)
+    return [body]
 
 
 def _json(start_response: StartResponse, status: str, body: dict[str, str], *headers: tuple[str, str]) -> list[bytes]:

@@ -2,10 +2,11 @@
 
 `python -m tests.agent.nvml_probe SCENARIO.json` with LD_LIBRARY_PATH pointing at the fake library and
 FAKE_NVML_CONFIG at a writable path. The scenario is `{"hostname": ..., "steps": [nvml config, ...]}`: for each step
-the config is swapped in (the library re-reads it), the agent's registry is scraped once, and what the agent saw is
+the config is swapped in (the library re-reads it), the agent's `/metrics` is scraped once, and what the agent saw is
 written to stdout as JSON: the snapshot, the exposition text, the inventory annotation, the NVML error counts and
 the GPM samples the library holds. GPM measures every read (`gpmMinInterval`, default 0 s): steps follow each other
-within milliseconds.
+within milliseconds. With `"podResourcesSocket": PATH` the collector labels devices with the pods the kubelet
+there reports, asked once before the first scrape.
 A process of its own because pynvml loads the library once, through the dynamic linker's search path.
 """
 
@@ -16,11 +17,15 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from wsgiref.types import WSGIApplication
+from wsgiref.util import setup_testing_defaults
+
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuguard.contracts.node_inventory import encode_inventory
@@ -29,6 +34,8 @@ from node_agent.collector import GpuCollector
 from node_agent.inventory import build_inventory
 from node_agent.metrics import AgentMetrics
 from node_agent.nvml import NvmlBackend
+from node_agent.podresources import PodResourcesClient
+from node_agent.serving import create_http_app
 
 
 class Recording:
@@ -63,6 +70,21 @@ def error_counts(exposition: str) -> dict[str, float]:
             if s.name == "gpuguard_agent_nvml_errors_total"}
 
 
+def scrape(app: WSGIApplication) -> str:
+    """`GET /metrics` through the agent's HTTP app, as Prometheus asks for it (without compression)."""
+    environ: dict[str, Any] = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], object]:
+        statuses.append(status)
+        return lambda data: None
+
+    body = b"".join(app(environ, start_response))
+    assert statuses == ["200 OK"], statuses
+    return body.decode()
+
+
 def main(scenario_path: str) -> None:
     scenario = json.loads(Path(scenario_path).read_text())
     config_path = Path(os.environ["FAKE_NVML_CONFIG"])
@@ -71,11 +93,16 @@ def main(scenario_path: str) -> None:
     library = ctypes.CDLL("libnvidia-ml.so.1")  # the fake one: what pynvml loaded
     registry = CollectorRegistry()
     metrics = AgentMetrics(registry)
-    registry.register(GpuCollector(backend, hostname=scenario["hostname"], metrics=metrics))
+    pods = None
+    if "podResourcesSocket" in scenario:  # the kubelet's PodResources API, asked once before the first scrape
+        pods = PodResourcesClient(Path(scenario["podResourcesSocket"]), max_age=3600)
+        pods.allocations()
+    registry.register(GpuCollector(backend, hostname=scenario["hostname"], metrics=metrics, pods=pods))
+    app = create_http_app(registry, ready=lambda: True)
     results = []
     for step in scenario["steps"]:
         swap_in(step, config_path)
-        exposition = generate_latest(registry).decode()
+        exposition = scrape(app)
         inventory = build_inventory(backend.last, now=datetime.now(UTC))
         results.append({
             "snapshot": dataclasses.asdict(backend.last),
@@ -85,6 +112,8 @@ def main(scenario_path: str) -> None:
             "gpmSamples": library.fakeNvmlLiveGpmSamples(),
         })
     backend.close()
+    if pods is not None:
+        pods.close()
     results.append({"gpmSamples": library.fakeNvmlLiveGpmSamples()})
     json.dump(results, sys.stdout)
 

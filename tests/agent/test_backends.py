@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from node_agent.fake import FakeBackend, gpu_reading, parse_fake_gpus
 from node_agent.null import NullBackend
 from node_agent.settings import AgentSettings
 
-from .conftest import ROOT
+from .conftest import ROOT, agent_env
 
 EXAMPLES = sorted((ROOT / "examples" / "fake-gpus").glob("*.yaml"))
 T4 = """
@@ -136,3 +138,13 @@ def test_fake_gpus_carry_a_pci_bus_id_and_gpm_activity_where_the_file_gives_it()
     assert [m.activity.graphics if m.activity else None for m in gpus[0].mig_devices] == [0.61, 0.35, 0.0, 0.88]
     default = gpu_reading(parse_fake_gpus("gpus: [{index: 4, uuid: G, product: P, memoryMiB: 1}]").gpus[0])
     assert default.pci_bus_id == "00000000:05:00.0"
+
+
+def test_an_agent_without_the_fake_backend_never_loads_its_file_schema() -> None:
+    """The fake backend's pydantic models cost memory on every GPU node; only `--backend fake` imports them."""
+    check = ("import sys; from node_agent.app import open_backend; from node_agent.settings import AgentSettings; "
+             "open_backend(AgentSettings(node_name='n', backend='null')); print('node_agent.fake' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env=agent_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -25,11 +25,15 @@ H100, A100, T4 = 0, 1, 2
 
 
 def probe_closing(
-    steps: list[dict[str, Any]], *, fake_nvml: Path, tmp_path: Path, gpm_min_interval: float = 0.0
+    steps: list[dict[str, Any]], *, fake_nvml: Path, tmp_path: Path, gpm_min_interval: float = 0.0,
+    podresources: Path | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """The readings, and the GPM samples the library still holds once the backend is closed."""
+    """The readings, and the GPM samples the library still holds once the backend is closed; `podresources`: the
+    kubelet socket whose pods label the devices."""
     scenario = tmp_path / "scenario.json"
-    scenario.write_text(json.dumps({"hostname": "gpu-node-1", "steps": steps, "gpmMinInterval": gpm_min_interval}))
+    pods = {"podResourcesSocket": str(podresources)} if podresources is not None else {}
+    scenario.write_text(json.dumps({"hostname": "gpu-node-1", "steps": steps, "gpmMinInterval": gpm_min_interval,
+                                    **pods}))
     result = subprocess.run(
         [sys.executable, "-m", "tests.agent.nvml_probe", str(scenario)], cwd=ROOT, capture_output=True, text=True,
         env=agent_env(nvml_dir=fake_nvml, nvml_config=tmp_path / "nvml.json"), timeout=60,
@@ -39,8 +43,9 @@ def probe_closing(
     return readings[:-1], int(readings[-1]["gpmSamples"])
 
 
-def probe(steps: list[dict[str, Any]], *, fake_nvml: Path, tmp_path: Path) -> list[dict[str, Any]]:
-    return probe_closing(steps, fake_nvml=fake_nvml, tmp_path=tmp_path)[0]
+def probe(steps: list[dict[str, Any]], *, fake_nvml: Path, tmp_path: Path,
+          podresources: Path | None = None) -> list[dict[str, Any]]:
+    return probe_closing(steps, fake_nvml=fake_nvml, tmp_path=tmp_path, podresources=podresources)[0]
 
 
 def with_change(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
