@@ -18,6 +18,7 @@ from gpuguard.policy import mig
 from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.catalog_schema import CatalogSpec
 from gpuguard.policy.runtime import Runtime
+from gpuguard.policy.workload import LlmRole, NodeRole, WorkloadKind
 
 Mode = Literal["enforce", "warn", "audit"]
 """enforce: deny violations; warn: admit with warnings; audit: admit, only log and count."""
@@ -125,6 +126,14 @@ class RuleMatch(PolicyModel):
     runtimes: tuple[Runtime, ...] = ()
     labels: dict[str, str] = Field(default_factory=dict)
     """Pod labels that must all be present with these values."""
+    kinds: tuple[WorkloadKind, ...] = ()
+    """The KServe kind that made the pod: InferenceService (predictor pods) or LLMInferenceService (workload pods)."""
+    roles: tuple[LlmRole, ...] = ()
+    """llm-d roles of LLMInferenceService pods (`llm-d.ai/role`): prefill, decode, or both (no separate prefill).
+    InferenceService pods have no role, so a rule listing roles never matches them."""
+    node_roles: tuple[NodeRole, ...] = ()
+    """Place in a multi-node group: single (one pod serves the model), leader (a LeaderWorkerSet leader, or a
+    multi-node InferenceService's head) or worker."""
 
 
 class Rule(PolicyModel):
