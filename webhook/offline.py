@@ -1,8 +1,8 @@
 """`gpuguard mutate -f` and `gpuguard validate -f`: the webhook's decisions on manifests, with no cluster.
 
 The same pure core as the server: each Pod goes through /mutate then /validate exactly as kube-apiserver would call
-them (validation judges the mutated pod); each InferenceService through /validate, and its predictor pod through
-both, so the output shows what its pods will get. Other kinds pass through unchanged.
+them (validation judges the mutated pod); each InferenceService and LLMInferenceService through /validate, and the
+pods it defines through both, so the output shows what its pods will get. Other kinds pass through unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jsonpatch
 import yaml
 
 from gpuguard.contracts.admission import AdmissionRequest, decode_patch
-from gpuguard.policy import inferenceservice
+from gpuguard.policy import inferenceservice, llmservice, workload
 from gpuguard.policy.loading import PolicyError, default_policy_text, parse_policy
 from gpuguard.policy.model import Policy
 from webhook.review import Outcome, mutate, validate
@@ -28,6 +28,7 @@ POD_KIND = {"group": "", "version": "v1", "kind": "Pod"}
 POD_RESOURCE = {"group": "", "version": "v1", "resource": "pods"}
 ISVC_KIND = {"group": inferenceservice.GROUP, "version": "v1beta1", "kind": inferenceservice.KIND}
 ISVC_RESOURCE = {"group": inferenceservice.GROUP, "version": "v1beta1", "resource": "inferenceservices"}
+LLM_RESOURCE = "llminferenceservices"
 
 
 @dataclass
@@ -58,6 +59,22 @@ def admit_isvc(isvc: dict[str, Any], policy: Policy, *, namespace: str) -> Admit
     return Admitted(isvc, label, changes, pod.warnings, verdict)
 
 
+def admit_llmisvc(obj: dict[str, Any], policy: Policy, *, namespace: str) -> Admitted:
+    """The object through /validate, and each workload pod it defines through both, to show what they get."""
+    version = str(obj.get("apiVersion", "")).partition("/")[2] or llmservice.VERSIONS[0]
+    kind = {"group": llmservice.GROUP, "version": version, "kind": llmservice.KIND}
+    resource = {"group": llmservice.GROUP, "version": version, "resource": LLM_RESOURCE}
+    verdict = validate(_request(obj, namespace, kind, resource), policy)
+    changes: list[str] = []
+    warnings: list[str] = []
+    for pod in llmservice.workload_pods(obj):
+        component = pod["metadata"]["labels"][workload.COMPONENT_LABEL]
+        admitted = admit_pod(pod, policy, namespace=_namespace(obj, namespace))
+        changes += [f"{component} pods get: {change}" for change in admitted.changes]
+        warnings += admitted.warnings
+    return Admitted(obj, f"{llmservice.KIND} {_namespaced(obj, namespace)}", changes, warnings, verdict)
+
+
 def admit_all(documents: list[Any], policy: Policy, *, namespace: str) -> Iterator[Admitted]:
     for document in documents:
         if not isinstance(document, dict):
@@ -67,6 +84,8 @@ def admit_all(documents: list[Any], policy: Policy, *, namespace: str) -> Iterat
             yield admit_pod(document, policy, namespace=namespace)
         elif kind == inferenceservice.KIND and str(document.get("apiVersion", "")).startswith(inferenceservice.GROUP):
             yield admit_isvc(document, policy, namespace=namespace)
+        elif kind == llmservice.KIND and str(document.get("apiVersion", "")).startswith(llmservice.GROUP):
+            yield admit_llmisvc(document, policy, namespace=namespace)
         else:
             yield Admitted(document, f"{kind} {_namespaced(document, namespace)} (not handled, unchanged)")
 

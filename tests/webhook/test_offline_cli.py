@@ -64,3 +64,24 @@ def test_an_invalid_policy_is_reported_not_crashed_on(tmp_path: Path) -> None:
     result = gpuguard("mutate", "-f", str(EXAMPLES), "--policy", str(policy))
     assert result.returncode == 2
     assert "mode: Input should be" in result.stderr
+
+
+LLM_EXAMPLES = ROOT / "examples" / "llminferenceservices.yaml"
+
+
+def test_validate_judges_llminferenceservices_by_their_workload_pods() -> None:
+    result = gpuguard("validate", "-f", str(LLM_EXAMPLES))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "ok     LLMInferenceService llm-prod/llama-3-70b" in lines
+    assert "DENIED LLMInferenceService llm-prod/mixtral-8x22b (rule llm)" in lines
+    assert any(line.strip().startswith("- spec.worker.containers[0]: each pod gets 2 GPUs") and "Fix:" in line
+               for line in lines)
+
+
+def test_mutate_shows_what_each_llminferenceservice_role_gets() -> None:
+    result = gpuguard("mutate", "-f", str(LLM_EXAMPLES))
+    assert result.returncode == 0, result.stderr
+    assert "#   + llminferenceservice-workload-prefill pods get: nodeSelector nvidia.com/gpu.product=" in result.stdout
+    assert "#   + llminferenceservice-workload-worker pods get: schedulerName gpuguard-scheduler" in result.stdout
+    assert [d["kind"] for d in yaml.safe_load_all(result.stdout) if d] == ["LLMInferenceService"] * 2
