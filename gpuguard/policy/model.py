@@ -181,6 +181,16 @@ class Weights(PolicyModel):
     """Weight of how idle the node's candidate GPUs are."""
 
 
+class GroupAwareness(PolicyModel):
+    """Keep the pods of one serving group (a LeaderWorkerSet group, a multi-node predictor's head and workers) on one
+    GPU product and inside one topology domain (`gpuguard.policy.grouping`)."""
+
+    enabled: bool = True
+    topology_key: str = Field(default="nvidia.com/gpu.clique", max_length=317)
+    """The node label whose value is a topology domain: GPU Feature Discovery's NVLink clique (multi-node NVLink
+    systems), a rack label, or `topology.kubernetes.io/zone`. "" keeps groups on one product only."""
+
+
 class Scheduling(PolicyModel):
     weights: Weights = Weights()
     max_gpu_utilization: float = Field(default=95, ge=0, le=100)
@@ -190,6 +200,7 @@ class Scheduling(PolicyModel):
     every 30 s and Prometheus scrapes every 15-30 s, so 120 s tolerates a missed scrape or two."""
     fit: FitStrategy = "binpack"
     """binpack keeps whole nodes free for big requests; spread balances load across nodes."""
+    group_placement: GroupAwareness = GroupAwareness()
 
 
 class ConfigMapRef(PolicyModel):
