@@ -29,8 +29,8 @@ LEGEND = ("Scores are the extender's 0..10 (kube-scheduler multiplies them by th
 
 
 def trips_table(trips: Sequence[Trip]) -> str:
-    stories = {p.name: p.story for p in pods.PODS}
-    header = f"{'#':<2} {'InferenceService pod':<28} {'asked for':<28} {'result':<10} node"
+    stories = {p.key: p.story for p in pods.PODS}
+    header = f"{'#':<2} {'KServe pod':<28} {'asked for':<28} {'result':<10} node"
     lines = [*textwrap.wrap(LEGEND, WIDTH), "", header, "-" * WIDTH]
     for number, trip in enumerate(trips, 1):
         result, node, why = _verdict(trip)
