@@ -11,7 +11,7 @@ model servers) is allowed unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,23 +56,25 @@ def validate(request: AdmissionRequest, policy: Policy) -> Outcome:
         if seen.effective.skip:
             return Outcome(allow(request.uid), "skipped", "Pod", seen.effective.rule)
         return _judge(request, "Pod", seen.effective.rule, seen.effective.mode, admission.problems(pod, seen))
-    isvc = _isvc(request)
-    if isvc is not None:
-        namespace = namespace_of(request)
-        verdict = inferenceservice.judge(isvc, policy, namespace=namespace)
-        if verdict.skip:
-            return Outcome(allow(request.uid), "skipped", inferenceservice.KIND, verdict.rule)
-        mode, _ = namespace_mode_and_limits(policy, namespace)
-        return _judge(request, inferenceservice.KIND, verdict.rule, mode, verdict.problems, notes=verdict.warnings)
-    llm = _serving_object(request, llmservice.KIND)
-    if llm is not None:
-        namespace = namespace_of(request)
-        verdict = llmservice.judge(llm, policy, namespace=namespace)
-        if verdict.skip:
-            return Outcome(allow(request.uid), "skipped", llmservice.KIND, verdict.rule)
-        mode, _ = namespace_mode_and_limits(policy, namespace)
-        return _judge(request, llmservice.KIND, verdict.rule, mode, verdict.problems)
+    for kind, judge in OBJECT_JUDGES:
+        obj = _serving_object(request, kind)
+        if obj is not None:
+            return _judge_object(request, kind, judge(obj, policy, namespace=namespace_of(request)), policy)
     return _ignored(request)
+
+
+OBJECT_JUDGES: tuple[tuple[str, Callable[..., inferenceservice.Verdict]], ...] = (
+    (inferenceservice.KIND, inferenceservice.judge),
+    (llmservice.KIND, llmservice.judge),
+)
+"""The serving.kserve.io kinds judged on CREATE/UPDATE, each by the pods KServe will build from it."""
+
+
+def _judge_object(request: AdmissionRequest, kind: str, verdict: inferenceservice.Verdict, policy: Policy) -> Outcome:
+    if verdict.skip:
+        return Outcome(allow(request.uid), "skipped", kind, verdict.rule)
+    mode, _ = namespace_mode_and_limits(policy, namespace_of(request))
+    return _judge(request, kind, verdict.rule, mode, verdict.problems, notes=verdict.warnings)
 
 
 def _pod_in_scope(request: AdmissionRequest) -> JsonObject | None:
@@ -81,10 +83,6 @@ def _pod_in_scope(request: AdmissionRequest) -> JsonObject | None:
         return None
     pod = request.object
     return pod if pod is not None and workload.workload_of(pod) is not None else None
-
-
-def _isvc(request: AdmissionRequest) -> JsonObject | None:
-    return _serving_object(request, inferenceservice.KIND)
 
 
 def _serving_object(request: AdmissionRequest, kind_name: str) -> JsonObject | None:

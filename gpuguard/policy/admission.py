@@ -57,7 +57,8 @@ def plan(pod: JsonObject, seen: PodView) -> MutationPlan:
 
 def problems(pod: JsonObject, seen: PodView) -> list[Problem]:
     found = pod_problems(pod, seen.effective, seen.demand)
-    if seen.workload is not None:
+    counts_left_to_owner = bool(seen.demand.owner) and seen.effective.external.validation == "deviceAccess"
+    if seen.workload is not None and not counts_left_to_owner:
         found += multinode.stated_problems(model_container_of(pod), seen.demand)
         if seen.workload.multi_node:
             found += multinode.pod_problems(seen.demand, seen.workload, pod)

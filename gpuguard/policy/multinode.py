@@ -64,8 +64,9 @@ def pod_problems(demand: GpuDemand, workload: Workload, pod: JsonObject | None =
     return [Problem("pod", message, WHOLE_FIX, MULTI_NODE)]
 
 
-_TENSOR = re.compile(r"(?:--tensor-parallel-size|(?<![\w-])-tp)(?:=|\s+)(\d+)(?![\w.])")
-_DATA_LOCAL = re.compile(r"(?:--data-parallel-size-local|(?<![\w-])-dpl)(?:=|\s+)(\d+)(?![\w.])")
+_TENSOR = re.compile(r"(?:--tensor-parallel-size|(?<![\w-])-tp)(?:=|\s+)(\d{1,6})(?![\w.])")
+_DATA_LOCAL = re.compile(r"(?:--data-parallel-size-local|(?<![\w-])-dpl)(?:=|\s+)(\d{1,6})(?![\w.])")
+"""Six digits at most: a longer number is no rank count (and would not fit the int conversion's digit limit)."""
 
 
 def stated_gpus(container: JsonObject) -> tuple[int, str] | None:
@@ -241,6 +242,8 @@ def _set_gpus(container: dict[str, Any], count: int) -> None:
     """KServe's `addGPUResourceToDeployment`: the GPU limit (and request, if the container has requests) set to count;
     left alone when the container asks for MIG or shares, which the group check refuses."""
     resources = container.setdefault("resources", {})
+    if not isinstance(resources, dict):
+        return  # not a ResourceRequirements: kube-apiserver refuses the object before KServe sees it
     named = {*podspec.mapping(resources.get("limits")), *podspec.mapping(resources.get("requests"))}
     if any(resource_kind(n) in ("mig", "shared") for n in named):
         return

@@ -98,7 +98,8 @@ def workload_of(pod: JsonObject) -> Workload | None:
         if labels.get(podspec.COMPONENT_LABEL, "predictor") != "predictor":
             return None
         return _isvc_workload(pod, labels)
-    if labels.get(PART_OF_LABEL) == PART_OF_LLMISVC and labels.get(COMPONENT_LABEL) in WORKLOAD_COMPONENTS:
+    component = podspec.text(labels.get(COMPONENT_LABEL))  # a label value of the wrong type is no component
+    if labels.get(PART_OF_LABEL) == PART_OF_LLMISVC and component in WORKLOAD_COMPONENTS:
         return _llmisvc_workload(pod, labels)
     return None
 

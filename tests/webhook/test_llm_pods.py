@@ -162,3 +162,14 @@ def test_pods_of_other_llm_components_are_left_alone(policy: Policy) -> None:
     pod["metadata"]["labels"]["app.kubernetes.io/component"] = "llminferenceservice-router-scheduler"
     outcome = mutate(with_object(admission_request("review-llmisvc-decode.json"), pod), policy)
     assert outcome.decision == "ignored" and outcome.response.patch is None
+
+
+def test_a_kai_managed_group_pod_is_left_to_kai_when_policy_says_device_access_only() -> None:
+    pod = copy.deepcopy(admission_request("review-llmisvc-worker.json").object)
+    assert pod is not None
+    pod["metadata"]["annotations"]["gpu-fraction"] = "0.5"
+    pod["metadata"]["labels"]["kai.scheduler/queue"] = "llm"
+    counted = verdict_of(pod, "review-llmisvc-worker.json", policy_with())
+    assert counted.decision == "denied" and "KAI-Scheduler GPU fraction" in counted.response.status.message
+    left = policy_with(externallyManaged={"validation": "deviceAccess"})
+    assert verdict_of(pod, "review-llmisvc-worker.json", left).decision == "allowed"
