@@ -143,3 +143,23 @@ async def test_the_topology_label_is_policy(make_client: ClientFactory) -> None:
                               worker_args())
     # every node is in one zone: the domain no longer separates the exact fits
     assert scores["h100-a1"] == scores["h100-b1"]
+
+
+def test_the_store_follows_a_group_s_bound_pods_as_they_come_and_go() -> None:
+    items = json.loads(CLUSTER.read_text())["items"]
+    store = InventoryStore(pods_known=True)
+    store.replace_nodes([i for i in items if i["kind"] == "Node"])
+    pods = [i for i in items if i["kind"] == "Pod"]
+    store.replace_pods(pods)
+    leader = pods[0]
+    group = "llm-prod/lws/" + leader["metadata"]["labels"]["leaderworkerset.sigs.k8s.io/group-key"]
+    assert store.group_nodes(group) == ["h100-a1"]
+    labels = store.node_labels("h100-a1")
+    assert labels is not None and labels[CLIQUE] == "fabric-a.0"
+    finished = copy.deepcopy(leader)
+    finished["status"]["phase"] = "Succeeded"
+    store.upsert_pod(finished)
+    assert store.group_nodes(group) == []
+    store.upsert_pod(leader)
+    store.delete_pod(leader)
+    assert store.group_nodes(group) == []

@@ -10,7 +10,7 @@ import pytest
 
 from gpuguard.contracts.admission import decode_patch
 from gpuguard.policy.model import Policy
-from gpuguard.policy.workload import workload_of
+from gpuguard.policy.workload import group_of, workload_of
 from tests.conftest import admission_request, patched, policy_with, with_object
 from webhook.review import mutate, validate
 
@@ -173,3 +173,16 @@ def test_a_kai_managed_group_pod_is_left_to_kai_when_policy_says_device_access_o
     assert counted.decision == "denied" and "KAI-Scheduler GPU fraction" in counted.response.status.message
     left = policy_with(externallyManaged={"validation": "deviceAccess"})
     assert verdict_of(pod, "review-llmisvc-worker.json", left).decision == "allowed"
+
+
+def test_the_pods_of_one_serving_group_share_a_group_and_other_pods_have_none() -> None:
+    def group(name: str, namespace: str = "llm-prod") -> str:
+        pod = copy.deepcopy(admission_request(name).object)
+        assert pod is not None
+        pod["metadata"]["namespace"] = namespace
+        return group_of(pod)
+    assert group("review-llmisvc-leader.json") == group("review-llmisvc-worker.json") != ""
+    assert group("review-isvc-multinode-head.json") == group("review-isvc-multinode-worker.json") == \
+        "llm-prod/isvc/llama-70b"
+    assert group("review-llmisvc-leader.json", "other") != group("review-llmisvc-worker.json")
+    assert group("review-llmisvc-decode.json") == group("review-standard-vllm.json") == ""
