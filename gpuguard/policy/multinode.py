@@ -240,13 +240,16 @@ def whole_gpus(container: JsonObject | None) -> int:
 
 def _set_gpus(container: dict[str, Any], count: int) -> None:
     """KServe's `addGPUResourceToDeployment`: the GPU limit (and request, if the container has requests) set to count;
-    left alone when the container asks for MIG or shares, which the group check refuses."""
+    left alone when the container asks for MIG or shares, or for a GPU quantity that is not a whole number, which
+    validation refuses."""
     resources = container.setdefault("resources", {})
     if not isinstance(resources, dict):
         return  # not a ResourceRequirements: kube-apiserver refuses the object before KServe sees it
-    named = {*podspec.mapping(resources.get("limits")), *podspec.mapping(resources.get("requests"))}
-    if any(resource_kind(n) in ("mig", "shared") for n in named):
+    sections = [podspec.mapping(resources.get("limits")), podspec.mapping(resources.get("requests"))]
+    if any(resource_kind(n) in ("mig", "shared") for section in sections for n in section):
         return
+    if any(whole_number(section[WHOLE_GPU]) is None for section in sections if WHOLE_GPU in section):
+        return  # a quantity that is not a whole number stays for validation to refuse, never silently replaced
     for section in ("limits", "requests"):
         if section == "limits" or isinstance(resources.get(section), dict):
             resources[section] = {**podspec.mapping(resources.get(section)), WHOLE_GPU: str(count)}

@@ -118,6 +118,9 @@ ISVC_REFUSALS: list[tuple[str, Change, list[str]]] = [
      ["predictor.workerSpec.tensorParallelSize = 8", "predictor.model"]),
     ("mig-worker", lambda o: set_gpus(o["spec"]["predictor"]["workerSpec"]["containers"][0], "nvidia.com/mig-3g.40gb", 1),
      ["predictor.workerSpec pod", "not whole GPUs"]),
+    ("fractional-worker", lambda o: o["spec"]["predictor"]["workerSpec"]["containers"][0]["resources"].update(
+        limits={"nvidia.com/gpu": "0.5"}, requests={"nvidia.com/gpu": "0.5"}),
+     ["predictor.workerSpec.containers[0]", "'0.5' is not a whole number"]),
     ("no-gpus-tp2", lambda o: ([c["resources"]["limits"].pop("nvidia.com/gpu") and c["resources"]["requests"].pop(
         "nvidia.com/gpu") for c in (o["spec"]["predictor"]["model"], o["spec"]["predictor"]["workerSpec"]["containers"][0])],
         o["spec"]["predictor"]["workerSpec"].update(tensorParallelSize=2)),
