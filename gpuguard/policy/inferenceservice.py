@@ -72,6 +72,10 @@ class Verdict:
     """What the predictor pods' admission will refuse."""
     warnings: tuple[str, ...]
     """Problems of pods gpuguard admits unjudged (transformer, explainer), for the user's information."""
+    changes: tuple[str, ...] = ()
+    """What the pods' mutation will add (`predictor pods get: limits nvidia.com/gpu=1 on kserve-container`)."""
+    mutation_warnings: tuple[str, ...] = ()
+    """What the pods' mutation will warn about (an ignored override annotation, a kept node selector)."""
 
 
 def predictor(isvc: JsonObject) -> JsonObject:
@@ -82,11 +86,15 @@ def judge(isvc: JsonObject, policy: Policy, *, namespace: str) -> Verdict:
     """What admission will decide for each pod of this InferenceService."""
     found: list[Problem] = []
     warnings: list[str] = []
+    changes: list[str] = []
+    mutation_warnings: list[str] = []
     rule, skip = DEFAULTS_RULE, False
     group: list[multinode.GroupPod] = []
     for built in component_pods(isvc):
         if built.admitted:
             admission = admit(built.pod, policy, namespace=namespace)
+            changes += [f"{built.component} pods get: {change}" for change in admission.plan.changes]
+            mutation_warnings += admission.plan.warnings
             if built.component == "predictor":
                 rule, skip = admission.view.effective.rule, admission.view.effective.skip
             found += [renamed(p, built) for p in admission.problems]
@@ -99,7 +107,8 @@ def judge(isvc: JsonObject, policy: Policy, *, namespace: str) -> Verdict:
                 elif problem not in seen.effective.problems:
                     warnings.append(str(renamed(problem, built)))
     found += _group_problems(isvc, group)
-    return Verdict(rule, skip, tuple(dict.fromkeys(found)), tuple(dict.fromkeys(warnings)))
+    return Verdict(rule, skip, tuple(dict.fromkeys(found)), tuple(dict.fromkeys(warnings)),
+                   tuple(changes), tuple(dict.fromkeys(mutation_warnings)))
 
 
 def _model_path(built: ComponentPod) -> str:

@@ -60,6 +60,8 @@ def sections(obj: JsonObject) -> list[Section]:
 def judge(obj: JsonObject, policy: Policy, *, namespace: str) -> Verdict:
     """What admission will decide for each workload pod, plus each section's group rules."""
     found: list[Problem] = []
+    changes: list[str] = []
+    warnings: list[str] = []
     rule, skip, first = DEFAULTS_RULE, False, True
     has_prefill = len(sections(obj)) > 1
     for section in sections(obj):
@@ -68,13 +70,16 @@ def judge(obj: JsonObject, policy: Policy, *, namespace: str) -> Verdict:
             admission = admit(built.pod, policy, namespace=namespace)
             if first:
                 rule, skip, first = admission.view.effective.rule, admission.view.effective.skip, False
+            component = built.pod["metadata"]["labels"][workload.COMPONENT_LABEL]
+            changes += [f"{component} pods get: {change}" for change in admission.plan.changes]
+            warnings += admission.plan.warnings
             found += [renamed(p, built) for p in admission.problems]
             where = built.paths.get(f"container {workload.MAIN_CONTAINER!r}", built.component)
             members.append(multinode.group_pod(where, admission.pod, admission.view.demand))
         multi = bool(podspec.mapping(section.body.get("worker")))
         found += multinode.group_problems(members, multi_node=multi, parallelism=parallelism(section))
         found += list(_data_problems(section))
-    return Verdict(rule, skip, tuple(dict.fromkeys(found)), ())
+    return Verdict(rule, skip, tuple(dict.fromkeys(found)), (), tuple(changes), tuple(dict.fromkeys(warnings)))
 
 
 # ---------------------------------------------------------------------------------------------------- parallelism
@@ -151,6 +156,6 @@ def _pod(obj: JsonObject, pod_spec: JsonObject, path: str, component: str, role:
 
 
 def workload_pods(obj: JsonObject) -> list[dict[str, Any]]:
-    """Every pod this object's sections define, before any webhook touched them (for `gpuguard mutate`)."""
+    """Every pod this object's sections define, before any webhook touched them."""
     has_prefill = len(sections(obj)) > 1
     return [built.pod for s in sections(obj) for built in section_pods(obj, s, has_prefill=has_prefill)]
