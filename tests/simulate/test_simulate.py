@@ -60,11 +60,16 @@ def test_utilization_weighting_prefers_idle_nodes_among_equal_fits() -> None:
     assert ours.mean_utilization_of_used < best.mean_utilization_of_used
 
 
-def test_gpuguard_simulate_prints_the_table_and_the_ratios() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "gpuguard", "simulate", "--nodes", "20", "--pods", "600", "--seed", "2"],
+def simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    """`gpuguard simulate ARGS` as a command."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpuguard", "simulate", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+def test_gpuguard_simulate_prints_the_table_and_the_ratios() -> None:
+    result = simulate("--nodes", "20", "--pods", "600", "--seed", "2")
     assert result.returncode == 0, result.stderr
     assert "placed before 1st unschedulable" in result.stdout
     assert "gpuguard / default scheduler" in result.stdout
@@ -72,10 +77,7 @@ def test_gpuguard_simulate_prints_the_table_and_the_ratios() -> None:
 
 
 def test_a_cluster_too_small_for_every_node_kind_is_refused() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "gpuguard", "simulate", "--nodes", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    result = simulate("--nodes", "2")
     assert result.returncode == 2
     assert "--nodes must be at least 5" in result.stderr
 
@@ -115,10 +117,7 @@ def test_without_groups_the_trace_and_its_outcome_are_unchanged() -> None:
 
 
 def test_gpuguard_simulate_reports_split_groups_with_and_without_group_awareness() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "gpuguard", "simulate", "--pods", "400", "--lifetime", "60", "--llm-groups", "10"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    result = simulate("--pods", "400", "--lifetime", "60", "--llm-groups", "10")
     assert result.returncode == 0, result.stderr
     assert "10 in the trace" in result.stdout
     assert "with group awareness" in result.stdout
