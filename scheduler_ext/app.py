@@ -15,7 +15,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from aiohttp import web
@@ -27,8 +27,13 @@ from gpuguard.contracts.extender import (
     InvalidArgs,
     encode_filter_result,
     encode_priorities,
+    node_name,
     parse_args,
 )
+from gpuguard.policy.grouping import placement_of, tiers_for
+from gpuguard.policy.model import Scheduling
+from gpuguard.policy.podspec import mapping
+from gpuguard.policy.workload import group_of
 from gpuguard.web.bodies import UnreadableBody, read_body
 from gpuguard.web.logs import log_bug
 from gpuguard.web.policy_source import PolicySource
@@ -41,6 +46,7 @@ from scheduler_ext.extender import (
     decide_priorities,
     decide_priorities_names,
 )
+from scheduler_ext.inventory.nodes import string_labels
 from scheduler_ext.inventory.store import InventoryStore
 from scheduler_ext.metrics import ExtenderMetrics, StateCollector
 from scheduler_ext.settings import ExtenderSettings, GcSettings
@@ -168,9 +174,25 @@ def _prioritize(app: web.Application, args: ExtenderArgs) -> tuple[list[str], li
     store = _store(app)
     if args.nodes is not None:
         states = store.states_for_objects(args.nodes.items)
-        return decide_priorities(args, states, utilization=board, scheduling=scheduling, now=now)
+        given = {node_name(n): string_labels(mapping(mapping(n.get("metadata")).get("labels")))
+                 for n in args.nodes.items}
+        tiers = _group_tiers(store, args, scheduling, lambda name: given.get(name) or store.node_labels(name))
+        return decide_priorities(args, states, utilization=board, scheduling=scheduling, now=now, tiers=tiers)
     _require_cache(app)
-    return decide_priorities_names(args, store.index, utilization=board, scheduling=scheduling, now=now)
+    tiers = _group_tiers(store, args, scheduling, store.node_labels)
+    return decide_priorities_names(args, store.index, utilization=board, scheduling=scheduling, now=now, tiers=tiers)
+
+
+def _group_tiers(
+    store: InventoryStore, args: ExtenderArgs, scheduling: Scheduling,
+    labels_of: Callable[[str], Mapping[str, str] | None],
+) -> list[int] | None:
+    """Each candidate's tier for the pod's serving group, or None when it has no group or none of it is bound."""
+    awareness = scheduling.group_placement
+    group = group_of(args.pod) if awareness.enabled else ""
+    members = store.group_nodes(group) if group else []
+    placement = placement_of(members, labels_of, topology_key=awareness.topology_key) if members else None
+    return tiers_for(placement, args.candidate_names, labels_of) if placement is not None else None
 
 
 def _store(app: web.Application) -> InventoryStore:

@@ -8,7 +8,9 @@ lower-priority pods frees them, so kube-scheduler's preemption may consider the 
 (wrong product, no such resource, GPUs too busy, a node the cache does not know yet: evicting pods cures none of
 these, and kube-scheduler's DefaultPreemption skips such nodes), and a score for every requested host (0 for unknown
 ones). The extender implements no `preemptVerb`: the in-tree NodeResourcesFit sees the same GPU and MIG resources
-in the node's allocatable, so its dry run already frees what a FailedNodes refusal lacks.
+in the node's allocatable, so its dry run already frees what a FailedNodes refusal lacks. A pod of a serving group
+whose other pods are bound has its scores re-ranked to keep the group on one product and in one topology domain
+(`gpuguard.policy.grouping`; the caller passes each candidate's tier).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from gpuguard.contracts.extender import ExtenderArgs, ExtenderFilterResult
 from gpuguard.policy.gpuindex import GpuIndex, filter_names, score_names
+from gpuguard.policy.grouping import grouped_scores
 from gpuguard.policy.gpustate import GpuRequest, NodeGpuState, NodeUtilization, gpu_request
 from gpuguard.policy.model import Scheduling
 from gpuguard.policy.scoring import Refusal, filter_nodes, score_nodes
@@ -98,19 +101,25 @@ def decide_priorities(
     utilization: Mapping[str, NodeUtilization],
     scheduling: Scheduling,
     now: float,
+    tiers: Sequence[int] | None = None,
 ) -> tuple[list[str], list[int]]:
-    """(hosts, scores) in request order; unknown nodes and pods without GPU requests score 0."""
+    """(hosts, scores) in request order; unknown nodes and pods without GPU requests score 0. `tiers` (one per
+    candidate, `gpuguard.policy.grouping.tier`): re-rank for the pod's serving group."""
     names = args.candidate_names
     request = gpu_request(args.pod)
     positions = [i for i, s in enumerate(states) if s is not None]
     known = [s for s in states if s is not None]
     scored = score_nodes(request, known, utilization=utilization, scheduling=scheduling, now=now)
     if len(known) == len(names):
-        return names, scored
+        return names, _grouped(scored, tiers)
     scores = [0] * len(names)
     for i, score in zip(positions, scored):
         scores[i] = score
-    return names, scores
+    return names, _grouped(scores, tiers)
+
+
+def _grouped(scores: list[int], tiers: Sequence[int] | None) -> list[int]:
+    return scores if tiers is None else grouped_scores(scores, tiers)
 
 
 def decide_priorities_names(
@@ -120,8 +129,10 @@ def decide_priorities_names(
     utilization: Mapping[str, NodeUtilization],
     scheduling: Scheduling,
     now: float,
+    tiers: Sequence[int] | None = None,
 ) -> tuple[list[str], list[int]]:
     """Prioritize for NodeNames requests, answered from the cache's index (unknown nodes score 0)."""
     names = args.node_names or []
     request = gpu_request(args.pod)
-    return names, score_names(request, names, index, utilization=utilization, scheduling=scheduling, now=now)
+    scores = score_names(request, names, index, utilization=utilization, scheduling=scheduling, now=now)
+    return names, _grouped(scores, tiers)

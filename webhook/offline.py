@@ -2,8 +2,8 @@
 
 Both commands examine each object once (`examine`), through the webhook's own review functions: a Pod goes through
 /mutate then /validate exactly as kube-apiserver calls them (validation judges the mutated pod); an InferenceService
-through /validate, which builds the pods KServe will create and admits them, so the output says what its pods will
-get. They differ only in how they print the result, so `mutate` shows every warning and refusal `validate` gives.
+or an LLMInferenceService through /validate, which builds the pods KServe will create and admits them, so the output
+says what its pods will get. They differ only in how they print the result, so `mutate` shows every warning and refusal `validate` gives.
 Objects gpuguard does not admit (other kinds, other API versions, pods outside KServe predictors, opted-out objects)
 are reported as skipped, never as passing.
 
@@ -26,7 +26,7 @@ import jsonpatch
 import yaml
 
 from gpuguard.contracts.admission import AdmissionRequest, decode_patch
-from gpuguard.policy import inferenceservice, podspec
+from gpuguard.policy import inferenceservice, llmservice, podspec
 from gpuguard.policy.loading import PolicyError, default_policy_text, parse_policy
 from gpuguard.policy.model import Policy
 from gpuguard.policy.resolve import Problem
@@ -38,8 +38,7 @@ EXIT_ADMITTED, EXIT_DENIED, EXIT_UNUSABLE = 0, 1, 2
 POD_KIND = {"group": "", "version": "v1", "kind": "Pod"}
 POD_RESOURCE = {"group": "", "version": "v1", "resource": "pods"}
 ISVC_API_VERSION = f"{inferenceservice.GROUP}/v1beta1"
-ISVC_KIND = {"group": inferenceservice.GROUP, "version": "v1beta1", "kind": inferenceservice.KIND}
-ISVC_RESOURCE = {"group": inferenceservice.GROUP, "version": "v1beta1", "resource": "inferenceservices"}
+LLM_API_VERSIONS = tuple(f"{llmservice.GROUP}/{version}" for version in llmservice.VERSIONS)
 
 Decision = Literal["admitted", "denied", "warned", "audited", "skipped"]
 DECISIONS: tuple[Decision, ...] = ("admitted", "denied", "warned", "audited", "skipped")
@@ -90,7 +89,9 @@ def examine(manifest: Manifest, policy: Policy, *, namespace: str) -> Checked:
     if kind == "Pod" and obj.get("apiVersion") == "v1":
         return _examine_pod(manifest, policy, namespace=namespace)
     if kind == inferenceservice.KIND and obj.get("apiVersion") == ISVC_API_VERSION:
-        return _examine_isvc(manifest, policy, namespace=namespace)
+        return _examine_serving(manifest, policy, namespace=namespace)
+    if kind == llmservice.KIND and obj.get("apiVersion") in LLM_API_VERSIONS:
+        return _examine_serving(manifest, policy, namespace=namespace)
     return Checked(manifest, "skipped", obj, reason=skip_reason(obj))
 
 
@@ -100,7 +101,11 @@ def skip_reason(obj: dict[str, Any]) -> str:
     if kind in (inferenceservice.KIND, "KFService"):
         return (f"{api_version} {kind} is not checked: gpuguard admits {ISVC_API_VERSION} InferenceServices "
                 "(the version KServe serves); convert it to that version")
-    return f"not checked: gpuguard admits v1 Pods and {ISVC_API_VERSION} InferenceServices, not {api_version} {kind}"
+    if kind == llmservice.KIND:
+        return (f"{api_version} {kind} is not checked: gpuguard admits {' and '.join(LLM_API_VERSIONS)} "
+                "LLMInferenceServices")
+    return (f"not checked: gpuguard admits v1 Pods, {ISVC_API_VERSION} InferenceServices and "
+            f"{llmservice.GROUP} LLMInferenceServices, not {api_version} {kind}")
 
 
 def _examine_pod(manifest: Manifest, policy: Policy, *, namespace: str) -> Checked:
@@ -119,14 +124,19 @@ def _examine_pod(manifest: Manifest, policy: Policy, *, namespace: str) -> Check
                    warnings=_unrepeated(mutated.response.warnings or (), verdict.problems), problems=verdict.problems)
 
 
-def _examine_isvc(manifest: Manifest, policy: Policy, *, namespace: str) -> Checked:
-    isvc = manifest.obj
-    outcome = validate(_request(isvc, namespace, ISVC_KIND, ISVC_RESOURCE), policy)
+def _examine_serving(manifest: Manifest, policy: Policy, *, namespace: str) -> Checked:
+    """An InferenceService or LLMInferenceService: /validate's decision, and what its pods' mutation adds."""
+    obj = manifest.obj
+    group, _, version = str(obj.get("apiVersion")).partition("/")
+    kind = str(obj.get("kind"))
+    resource = {"group": group, "version": version, "resource": kind.lower() + "s"}
+    outcome = validate(_request(obj, namespace, {"group": group, "version": version, "kind": kind}, resource), policy)
     if outcome.decision == "skipped":
-        return Checked(manifest, "skipped", isvc, outcome.rule, reason='opted out with gpuguard.io/skip: "true"')
-    pods = inferenceservice.judge(isvc, policy, namespace=_namespace(isvc, namespace))
+        return Checked(manifest, "skipped", obj, outcome.rule, reason='opted out with gpuguard.io/skip: "true"')
+    judge = llmservice.judge if kind == llmservice.KIND else inferenceservice.judge
+    pods = judge(obj, policy, namespace=_namespace(obj, namespace))
     warnings = _unrepeated([*pods.mutation_warnings, *pods.warnings], outcome.problems)
-    return Checked(manifest, _FROM_REVIEW[outcome.decision], isvc, outcome.rule, changes=pods.changes,
+    return Checked(manifest, _FROM_REVIEW[outcome.decision], obj, outcome.rule, changes=pods.changes,
                    warnings=warnings, problems=outcome.problems)
 
 

@@ -1,21 +1,22 @@
 """The admission decision: an AdmissionRequest and a policy in, an AdmissionResponse out. Pure.
 
-`/mutate` fills in what an in-scope predictor pod is missing (GPU on the model container, tolerations, node
+`/mutate` fills in what an in-scope pod (an InferenceService predictor, head or worker, or an LLMInferenceService
+workload pod of any role; `gpuguard.policy.workload`) is missing (GPU on the model container, tolerations, node
 selector, scheduler, Triton scrape annotations, `gpuguard.io/applied`). `/validate` checks the result, and
-InferenceService objects on CREATE/UPDATE, and denies, warns or only counts per the namespace's mode. Mutation never
-denies: kube-apiserver calls validating webhooks after every mutation, so that is where the final pod is judged.
-Anything we do not handle (other kinds, UPDATE of pods, DELETE, pods outside KServe predictors) is allowed
-unchanged.
+InferenceService and LLMInferenceService objects on CREATE/UPDATE, and denies, warns or only counts per the
+namespace's mode. Mutation never denies: kube-apiserver calls validating webhooks after every mutation, so that is
+where the final pod is judged. Anything we do not handle (other kinds, UPDATE of pods, DELETE, pods outside KServe's
+model servers) is allowed unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from gpuguard.contracts.admission import AdmissionRequest, AdmissionResponse, allow, deny
-from gpuguard.policy import admission, inferenceservice, podspec
+from gpuguard.policy import admission, inferenceservice, llmservice, podspec, workload
 from gpuguard.policy.model import Mode, Policy
 from gpuguard.policy.podspec import JsonObject
 from gpuguard.policy.resolve import Problem, namespace_mode_and_limits
@@ -55,15 +56,25 @@ def validate(request: AdmissionRequest, policy: Policy) -> Outcome:
         if seen.effective.skip:
             return Outcome(allow(request.uid), "skipped", "Pod", seen.effective.rule)
         return _judge(request, "Pod", seen.effective.rule, seen.effective.mode, admission.problems(pod, seen))
-    isvc = _isvc(request)
-    if isvc is not None:
-        namespace = namespace_of(request)
-        verdict = inferenceservice.judge(isvc, policy, namespace=namespace)
-        if verdict.skip:
-            return Outcome(allow(request.uid), "skipped", inferenceservice.KIND, verdict.rule)
-        mode, _ = namespace_mode_and_limits(policy, namespace)
-        return _judge(request, inferenceservice.KIND, verdict.rule, mode, verdict.problems, notes=verdict.warnings)
+    for kind, judge in OBJECT_JUDGES:
+        obj = _serving_object(request, kind)
+        if obj is not None:
+            return _judge_object(request, kind, judge(obj, policy, namespace=namespace_of(request)), policy)
     return _ignored(request)
+
+
+OBJECT_JUDGES: tuple[tuple[str, Callable[..., inferenceservice.Verdict]], ...] = (
+    (inferenceservice.KIND, inferenceservice.judge),
+    (llmservice.KIND, llmservice.judge),
+)
+"""The serving.kserve.io kinds judged on CREATE/UPDATE, each by the pods KServe will build from it."""
+
+
+def _judge_object(request: AdmissionRequest, kind: str, verdict: inferenceservice.Verdict, policy: Policy) -> Outcome:
+    if verdict.skip:
+        return Outcome(allow(request.uid), "skipped", kind, verdict.rule)
+    mode, _ = namespace_mode_and_limits(policy, namespace_of(request))
+    return _judge(request, kind, verdict.rule, mode, verdict.problems, notes=verdict.warnings)
 
 
 def _pod_in_scope(request: AdmissionRequest) -> JsonObject | None:
@@ -71,12 +82,13 @@ def _pod_in_scope(request: AdmissionRequest) -> JsonObject | None:
     if (kind.group, kind.kind) != ("", "Pod") or request.operation != "CREATE" or request.sub_resource:
         return None
     pod = request.object
-    return pod if pod is not None and podspec.in_scope(pod) else None
+    return pod if pod is not None and workload.workload_of(pod) is not None else None
 
 
-def _isvc(request: AdmissionRequest) -> JsonObject | None:
+def _serving_object(request: AdmissionRequest, kind_name: str) -> JsonObject | None:
+    """A serving.kserve.io object of this kind on CREATE or UPDATE (not a subresource such as status)."""
     kind = request.kind
-    if (kind.group, kind.kind) != (inferenceservice.GROUP, inferenceservice.KIND):
+    if (kind.group, kind.kind) != (inferenceservice.GROUP, kind_name):
         return None
     if request.operation not in ("CREATE", "UPDATE") or request.sub_resource:
         return None

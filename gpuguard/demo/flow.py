@@ -29,6 +29,7 @@ from gpuguard.contracts.extender import ExtenderFilterResult, HostPriorityList
 from gpuguard.k8s.cluster_state import ClusterStateFile
 from gpuguard.policy import podspec
 from gpuguard.policy.resources import is_gpu_resource
+from gpuguard.policy.workload import model_container_of
 
 WEBHOOK_HOST = "gpuguard-webhook.gpuguard.svc"
 """The name kube-apiserver calls the webhook by; its certificate must carry it."""
@@ -84,7 +85,7 @@ async def admit(session: aiohttp.ClientSession, endpoints: Endpoints, pod: dict[
     ops = decode_patch(mutated)
     stored = jsonpatch.apply_patch(copy.deepcopy(pod), ops) if ops else pod
     trip.changes = describe_patch(ops)
-    model = podspec.model_container(podspec.spec_of(stored))
+    model = model_container_of(stored)
     trip.asked = [f"{k}: {v}" for k, v in (model.gpu_limits() if model else {}).items()]
     trip.warnings = list(mutated.warnings or ())
     trip.rule = str(podspec.annotations_of(stored).get("gpuguard.io/applied", ""))

@@ -1,8 +1,9 @@
-"""The demo's workload: KServe predictor pods as KServe creates them, before gpuguard has touched them.
+"""The demo's workload: KServe's pods as KServe creates them, before gpuguard has touched them.
 
-None of them says anything about GPUs except the last two, and the last one gets it wrong: that is the point. Two
-carry the label their owners put on small GPU models; one runs a CPU-only server and must get no GPU at all.
-Pure data.
+InferenceService predictor pods, and the prefill and decode pods of one LLMInferenceService (llm-d: the decode pod
+with its routing sidecar, labelled by KServe's LLMInferenceService controller as `gpuguard.policy.workload`
+describes). Few of them say anything about GPUs, and one gets it wrong: that is the point. Two carry the label their
+owners put on small GPU models; one runs a CPU-only server and must get no GPU at all. Pure data.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ class DemoPod:
     limits: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     """Labels the InferenceService carries (KServe copies them to its pods)."""
+    role: str = ""
+    """For an LLMInferenceService workload pod: its llm-d role (prefill, decode); "" for a predictor pod."""
+
+    @property
+    def key(self) -> str:
+        """How the demo names the pod: the InferenceService, or the LLMInferenceService and the role."""
+        return f"{self.name}-{self.role}" if self.role else self.name
 
 
 PODS: tuple[DemoPod, ...] = (
@@ -51,7 +59,47 @@ PODS: tuple[DemoPod, ...] = (
     DemoPod("tiny-bert", "models", "asks for half a GPU",
             "pytorch/torchserve-kfs:0.9.0", args=("torchserve", "--start", "--model-store=/mnt/models"),
             limits={"nvidia.com/gpu": "0.5"}),
+    DemoPod("granite-8b", "chat", "LLMInferenceService prefill",
+            "ghcr.io/llm-d/llm-d:v0.2.0", command=("vllm", "serve", "/mnt/models"),
+            args=("--port", "8000", "--tensor-parallel-size", "1"), role="prefill"),
+    DemoPod("granite-8b", "chat", "LLMInferenceService decode",
+            "ghcr.io/llm-d/llm-d:v0.2.0", command=("vllm", "serve", "/mnt/models"),
+            args=("--port", "8001", "--tensor-parallel-size", "1"), role="decode"),
 )
+ROUTING_SIDECAR_IMAGE = "ghcr.io/llm-d/llm-d-routing-sidecar:v0.2.0"
+
+
+def pod_object(pod: DemoPod) -> dict[str, Any]:
+    """The pod KServe's controller creates for this demo pod."""
+    return workload_pod(pod) if pod.role else predictor_pod(pod)
+
+
+def workload_pod(pod: DemoPod, *, hash_suffix: str = "5c8e7d6b4a") -> dict[str, Any]:
+    """An LLMInferenceService's Deployment pod (single node): model container `main`, the decode pod with the llm-d
+    routing sidecar as a native sidecar in front of it."""
+    built = predictor_pod(pod, hash_suffix=hash_suffix)
+    suffix = "-prefill" if pod.role == "prefill" else ""
+    built["metadata"]["generateName"] = f"{pod.name}-kserve{suffix}-{hash_suffix}-"
+    built["metadata"]["labels"] = {
+        "app.kubernetes.io/component": f"llminferenceservice-workload{suffix}",
+        "app.kubernetes.io/name": pod.name,
+        "app.kubernetes.io/part-of": "llminferenceservice",
+        "kserve.io/component": "workload",
+        "llm-d.ai/role": pod.role,
+        "pod-template-hash": hash_suffix,
+    }
+    built["metadata"]["annotations"] = {}
+    main = built["spec"]["containers"][0]
+    main["name"] = "main"
+    main["ports"] = [{"containerPort": 8000 if pod.role == "prefill" else 8001, "protocol": "TCP"}]
+    built["spec"]["initContainers"][0]["args"] = [f"hf://ibm-granite/{pod.name}", "/mnt/models"]
+    if pod.role == "decode":
+        built["spec"]["initContainers"].append({
+            "name": "llm-d-routing-sidecar", "image": ROUTING_SIDECAR_IMAGE, "restartPolicy": "Always",
+            "args": ["--port=8000", "--vllm-port=8001", "--connector=nixlv2"],
+            "ports": [{"containerPort": 8000, "protocol": "TCP"}],
+        })
+    return built
 
 
 def predictor_pod(pod: DemoPod, *, hash_suffix: str = "7d9f8c6b5d") -> dict[str, Any]:

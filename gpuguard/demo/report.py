@@ -35,8 +35,8 @@ RESULT_ROLES: dict[str, Role] = {"scheduled": "good", "DENIED": "bad", "PENDING"
 
 
 def trips_table(trips: Sequence[Trip], style: Style = PLAIN) -> str:
-    stories = {p.name: p.story for p in pods.PODS}
-    header = f"{'#':<2} {'InferenceService pod':<28} {'asked for':<28} {'result':<10} node"
+    stories = {p.key: p.story for p in pods.PODS}
+    header = f"{'#':<2} {'KServe pod':<28} {'asked for':<28} {'result':<10} node"
     lines = [*textwrap.wrap(LEGEND, style.width), "", style.paint(header, "heading"), "-" * style.width]
     for number, trip in enumerate(trips, 1):
         result, node, why = _verdict(trip)

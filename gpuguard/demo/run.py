@@ -204,9 +204,9 @@ async def _schedule_all(stage: _Stage, endpoints: flow.Endpoints, settings: Demo
     bound = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.timeout)) as session:
         for demo_pod in pods.PODS:
-            trip = flow.Trip(demo_pod.namespace, demo_pod.name)
+            trip = flow.Trip(demo_pod.namespace, demo_pod.key)
             trips.append(trip)
-            stored = await flow.admit(session, endpoints, pods.predictor_pod(demo_pod), trip)
+            stored = await flow.admit(session, endpoints, pods.pod_object(demo_pod), trip)
             if trip.denied:
                 continue
             pod = flow.named(stored, demo_pod.namespace)

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonpatch
 
-from gpuguard.policy import podspec
+from gpuguard.policy import multinode, podspec
 from gpuguard.policy.demand import GpuDemand
 from gpuguard.policy.model import Policy
 from gpuguard.policy.mutation import MutationPlan, plan_pod
@@ -22,6 +22,7 @@ from gpuguard.policy.podspec import JsonObject
 from gpuguard.policy.resolve import Effective, Problem, resolve
 from gpuguard.policy.runtime import Runtime, runtime_of_container
 from gpuguard.policy.validation import pod_demand_under, pod_problems
+from gpuguard.policy.workload import Workload, model_container_of, workload_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,19 +32,22 @@ class PodView:
     effective: Effective
     runtime: Runtime
     demand: GpuDemand
+    workload: Workload | None = None
+    """The KServe workload the pod belongs to (None for pods outside KServe's)."""
 
 
 def view(pod: JsonObject, policy: Policy, *, namespace: str) -> PodView:
     runtime = pod_runtime(pod)
+    found = workload_of(pod)
     effective = resolve(
         policy, namespace=namespace, runtime=runtime, labels=podspec.labels_of(pod),
-        annotations=podspec.annotations_of(pod),
+        annotations=podspec.annotations_of(pod), workload=found,
     )
-    return PodView(effective, runtime, pod_demand_under(pod, effective))
+    return PodView(effective, runtime, pod_demand_under(pod, effective), found)
 
 
 def pod_runtime(pod: JsonObject) -> Runtime:
-    container = podspec.model_container(podspec.spec_of(pod))
+    container = model_container_of(pod)
     return runtime_of_container(container.body) if container is not None else "custom"
 
 
@@ -52,7 +56,13 @@ def plan(pod: JsonObject, seen: PodView) -> MutationPlan:
 
 
 def problems(pod: JsonObject, seen: PodView) -> list[Problem]:
-    return pod_problems(pod, seen.effective, seen.demand)
+    found = pod_problems(pod, seen.effective, seen.demand)
+    counts_left_to_owner = bool(seen.demand.owner) and seen.effective.external.validation == "deviceAccess"
+    if seen.workload is not None and not counts_left_to_owner:
+        found += multinode.stated_problems(model_container_of(pod), seen.demand)
+        if seen.workload.multi_node:
+            found += multinode.pod_problems(seen.demand, seen.workload, pod)
+    return found
 
 
 def apply(pod: JsonObject, mutation: MutationPlan) -> dict[str, Any]:

@@ -9,7 +9,10 @@ steps as a pod (`gpuguard.policy.admission`: resolve, mutate, judge the mutated 
   older form) or the first of `spec.predictor.containers` (custom predictors); the component's other containers and
   init containers; and the PodSpec fields a component inlines (node selector, tolerations, affinity, scheduler,
   resource claims, runtime class...);
-- the multi-node workers (`spec.predictor.workerSpec`, container `worker-container`), judged like predictor pods;
+- the multi-node workers (`spec.predictor.workerSpec`, container `worker-container`, label `app:
+  isvc.<name>-predictor-worker`), judged like predictor pods, with the GPUs and env KServe's controller gives head and
+  workers (`gpuguard.policy.multinode.shape_isvc_group`), and then as one group: whole GPUs only, head and workers
+  equal and on one product, `workerSpec.tensorParallelSize` GPUs per pod where it is set, enough GPUs in all;
 - transformer and explainer pods, which gpuguard's pod admission leaves alone: what kube-apiserver itself refuses in
   a pod (a GPU quantity that is not a whole number, a request unlike its limit) still denies, since those pods would
   never be created; gpuguard's own rules come back as warnings, so the prediction stays exact.
@@ -23,13 +26,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gpuguard.policy import podspec
+from gpuguard.policy import multinode, podspec
 from gpuguard.policy.admission import admit, problems, view
 from gpuguard.policy.model import Policy
 from gpuguard.policy.podspec import JsonObject
 from gpuguard.policy.resolve import DEFAULTS_RULE, Problem
 from gpuguard.policy.validation import QUANTITY
 from gpuguard.policy.runtime import RUNTIME_IMAGES, Runtime, runtime_of_container, runtime_of_model_format
+from gpuguard.policy.workload import RAW_APP_LABEL, WORKER_SUFFIX
 
 FRAMEWORK_KEYS = (
     "sklearn", "xgboost", "lightgbm", "tensorflow", "pytorch", "triton", "onnx", "pmml", "paddle", "huggingface",
@@ -85,6 +89,7 @@ def judge(isvc: JsonObject, policy: Policy, *, namespace: str) -> Verdict:
     changes: list[str] = []
     mutation_warnings: list[str] = []
     rule, skip = DEFAULTS_RULE, False
+    group: list[multinode.GroupPod] = []
     for built in component_pods(isvc):
         if built.admitted:
             admission = admit(built.pod, policy, namespace=namespace)
@@ -92,19 +97,47 @@ def judge(isvc: JsonObject, policy: Policy, *, namespace: str) -> Verdict:
             mutation_warnings += admission.plan.warnings
             if built.component == "predictor":
                 rule, skip = admission.view.effective.rule, admission.view.effective.skip
-            found += [_renamed(p, built) for p in admission.problems]
+            found += [renamed(p, built) for p in admission.problems]
+            group.append(multinode.group_pod(_model_path(built), admission.pod, admission.view.demand))
         else:
             seen = view(built.pod, policy, namespace=namespace)
             for problem in problems(built.pod, seen):
                 if problem.code == QUANTITY:
-                    found.append(_renamed(problem, built))  # kube-apiserver refuses these pods itself
+                    found.append(renamed(problem, built))  # kube-apiserver refuses these pods itself
                 elif problem not in seen.effective.problems:
-                    warnings.append(str(_renamed(problem, built)))
+                    warnings.append(str(renamed(problem, built)))
+    found += _group_problems(isvc, group)
     return Verdict(rule, skip, tuple(dict.fromkeys(found)), tuple(dict.fromkeys(warnings)),
                    tuple(changes), tuple(dict.fromkeys(mutation_warnings)))
 
 
-def _renamed(problem: Problem, built: ComponentPod) -> Problem:
+def _model_path(built: ComponentPod) -> str:
+    """The field of the pod's model container (`predictor.model`, `predictor.workerSpec.containers[0]`)."""
+    found = next((built.paths[k] for k in (f"container {n!r}" for n in podspec.MODEL_CONTAINERS) if k in built.paths),
+                 None)
+    return found or built.component
+
+
+def _group_problems(isvc: JsonObject, group: list[multinode.GroupPod]) -> list[Problem]:
+    """A multi-node predictor's head and workers as one group (`gpuguard.policy.multinode`)."""
+    worker = podspec.mapping(predictor(isvc).get("workerSpec"))
+    if not worker:
+        return []
+    found = multinode.group_problems(group, multi_node=True, parallelism=multinode.isvc_parallelism(worker))
+    tensor, pipeline = multinode.worker_sizes(worker)
+    model, _ = _model_section(predictor(isvc))
+    listed = podspec.sequence(worker.get("containers"))
+    head_gpus = multinode.whole_gpus(model)
+    worker_gpus = multinode.whole_gpus(podspec.mapping(listed[0]) if listed else None)
+    sizing = multinode.kserve_sizing(tensor, pipeline, head=head_gpus, worker=worker_gpus)
+    if sizing.error:
+        found.append(Problem("predictor.workerSpec", f"{sizing.error} (tensorParallelSize {tensor}, "
+                             f"pipelineParallelSize {pipeline})", "give the head and each worker enough "
+                             "nvidia.com/gpu for tensor x pipeline parallel size", multinode.MULTI_NODE))
+    return found
+
+
+def renamed(problem: Problem, built: ComponentPod) -> Problem:
     where = built.paths.get(problem.where, f"{built.component} {problem.where}")
     return Problem(where, problem.message, problem.fix, problem.code)
 
@@ -138,6 +171,10 @@ def component_pods(isvc: JsonObject) -> list[ComponentPod]:
     if worker:
         pods.append(_component_pod(isvc, worker, "predictor.workerSpec", "predictor", admitted=True,
                                    first_name=WORKER_CONTAINER))
+        name = str(podspec.mapping(isvc.get("metadata")).get("name") or "isvc")
+        pods[0].pod["metadata"]["labels"].setdefault(RAW_APP_LABEL, f"isvc.{name}-predictor")
+        pods[1].pod["metadata"]["labels"][RAW_APP_LABEL] = f"isvc.{name}-predictor{WORKER_SUFFIX}"
+        multinode.shape_isvc_group(worker, pods[0].pod, pods[1].pod)
     for name in ("transformer", "explainer"):
         section = podspec.mapping(podspec.spec_of(isvc).get(name))
         if section:

@@ -18,6 +18,7 @@ from gpuguard.policy import mig
 from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.catalog_schema import CatalogSpec
 from gpuguard.policy.runtime import Runtime
+from gpuguard.policy.workload import LlmRole, NodeRole, WorkloadKind
 
 Mode = Literal["enforce", "warn", "audit"]
 """enforce: deny violations; warn: admit with warnings; audit: admit, only log and count."""
@@ -137,6 +138,14 @@ class RuleMatch(PolicyModel):
     """Model servers, as recognised from the model container's image, command and args."""
     labels: dict[str, str] = Field(default_factory=dict)
     """Pod labels that must all be present with these values."""
+    kinds: tuple[WorkloadKind, ...] = ()
+    """The KServe kind that made the pod: InferenceService (predictor pods) or LLMInferenceService (workload pods)."""
+    roles: tuple[LlmRole, ...] = ()
+    """llm-d roles of LLMInferenceService pods (`llm-d.ai/role`): prefill, decode, or both (no separate prefill).
+    InferenceService pods have no role, so a rule listing roles never matches them."""
+    node_roles: tuple[NodeRole, ...] = ()
+    """Place in a multi-node group: single (one pod serves the model), leader (a LeaderWorkerSet leader, or a
+    multi-node InferenceService's head) or worker."""
 
 
 class Rule(PolicyModel):
@@ -202,6 +211,17 @@ class Weights(PolicyModel):
     """Weight of how idle the node's candidate GPUs are."""
 
 
+class GroupAwareness(PolicyModel):
+    """Keep the pods of one serving group (a LeaderWorkerSet group, a multi-node predictor's head and workers) on one
+    GPU product and inside one topology domain (`gpuguard.policy.grouping`)."""
+
+    enabled: bool = True
+    """Whether the extender ranks the nodes of a group's domain and product first for the group's next pods."""
+    topology_key: str = Field(default="nvidia.com/gpu.clique", max_length=317)
+    """The node label whose value is a topology domain: GPU Feature Discovery's NVLink clique (multi-node NVLink
+    systems), a rack label, or `topology.kubernetes.io/zone`. "" keeps groups on one product only."""
+
+
 class Scheduling(PolicyModel):
     """How the scheduler extender filters and scores nodes."""
 
@@ -214,6 +234,8 @@ class Scheduling(PolicyModel):
     every 30 s and Prometheus scrapes every 15-30 s, so 120 s tolerates a missed scrape or two."""
     fit: FitStrategy = "binpack"
     """binpack keeps whole nodes free for big requests; spread balances load across nodes."""
+    group_placement: GroupAwareness = GroupAwareness()
+    """Keep the pods of one serving group on one GPU product and inside one topology domain (on by default)."""
 
 
 class ConfigMapRef(PolicyModel):

@@ -37,6 +37,7 @@ from gpuguard.policy.podspec import ContainerRef, JsonObject
 from gpuguard.policy.resolve import APPLIED_ANNOTATION, Effective
 from gpuguard.policy.resources import SHARED_GPU, WHOLE_GPU
 from gpuguard.policy.runtime import Runtime
+from gpuguard.policy.workload import model_container_names, model_container_of
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 SHARING_STRATEGY_LABEL = "nvidia.com/gpu.sharing-strategy"
@@ -95,13 +96,13 @@ def plan_pod(pod: JsonObject, effective: Effective, *, runtime: Runtime, demand:
     """Everything gpuguard adds to this pod under these settings; empty if the pod already has it all."""
     draft = _Draft(warnings=[*effective.notes, *(f"ignored: {p}" for p in effective.problems)])
     pod_spec = podspec.spec_of(pod)
-    model = podspec.model_container(pod_spec)
+    model = model_container_of(pod)
     if demand.owner:
         if effective.external.mutation == "placement" and demand.nvidia:
             _plan_placement(draft, pod_spec, effective, sharing=_sharing(effective, demand), whole=False)
         applied = f"stepped-aside: {demand.owner}"
     else:
-        added = _plan_resources(draft, model, effective, demand)
+        added = _plan_resources(draft, model, effective, demand, names=model_container_names(pod))
         if added or demand.nvidia:
             whole = (added and effective.gpu.count is not None) or "whole" in demand.kinds
             _plan_placement(draft, pod_spec, effective, sharing=_sharing(effective, demand), whole=whole)
@@ -117,7 +118,9 @@ def _sharing(effective: Effective, demand: GpuDemand) -> bool:
     return effective.gpu.sharing is not None or "shared" in demand.kinds
 
 
-def _plan_resources(draft: _Draft, target: ContainerRef | None, effective: Effective, demand: GpuDemand) -> bool:
+def _plan_resources(
+    draft: _Draft, target: ContainerRef | None, effective: Effective, demand: GpuDemand, *, names: tuple[str, ...]
+) -> bool:
     """Give the model container its GPU unless the pod already gets one; True if a GPU was added."""
     wanted = gpu_resources(effective.gpu, rename_shared=effective.rename_shared)
     if target is not None and target.asks_for_gpu():
@@ -127,7 +130,7 @@ def _plan_resources(draft: _Draft, target: ContainerRef | None, effective: Effec
         return False
     if target is None:
         if wanted:
-            draft.warnings.append(f"no {podspec.MODEL_CONTAINER} container found: no GPU was added")
+            draft.warnings.append(f"no {' or '.join(names)} container found: no GPU was added")
         return False
     if wanted:
         _add_limits(draft, target, wanted)

@@ -17,6 +17,10 @@ from gpuguard.policy.resources import is_gpu_resource
 JsonObject = Mapping[str, Any]
 
 MODEL_CONTAINER = "kserve-container"
+ISVC_MODEL_CONTAINERS = (MODEL_CONTAINER, "worker-container")
+"""An InferenceService pod's model container: the predictor's (or multi-node head's), or a multi-node worker's."""
+MODEL_CONTAINERS = (*ISVC_MODEL_CONTAINERS, "main")
+"""Every model container name of KServe's pods (`main`: LLMInferenceService workloads)."""
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 COMPONENT_LABEL = "component"
 
@@ -125,22 +129,19 @@ def all_containers(pod_spec: JsonObject) -> Iterator[ContainerRef]:
     yield from containers(pod_spec)
 
 
-def model_container(pod_spec: JsonObject) -> ContainerRef | None:
-    """`kserve-container`, or else the single app container that already asks for a GPU; None if neither exists.
+def model_container(pod_spec: JsonObject, names: tuple[str, ...] = ISVC_MODEL_CONTAINERS) -> ContainerRef | None:
+    """The model server's container: the first app container named one of `names` (by default an InferenceService
+    pod's: `kserve-container` for a predictor or multi-node head, `worker-container` for its workers; `main` for an
+    LLMInferenceService's, see `gpuguard.policy.workload.model_container_of`), else the single app container that
+    already asks for a GPU; None if neither exists.
 
-    Never a sidecar (queue-proxy, agent) or an init container (storage-initializer): GPUs there are wasted.
+    Never a sidecar (queue-proxy, agent, llm-d-routing-sidecar) or an init container (storage-initializer): GPUs there
+    are wasted.
     """
     app = sequence(pod_spec.get("containers"))
-    for index, body in enumerate(app):
-        if isinstance(body, dict) and body.get("name") == MODEL_CONTAINER:
-            return ContainerRef("containers", index, body)
+    for wanted in names:
+        for index, body in enumerate(app):
+            if isinstance(body, dict) and body.get("name") == wanted:
+                return ContainerRef("containers", index, body)
     with_gpu = [i for i, body in enumerate(app) if isinstance(body, dict) and asks_for_gpu(body)]
     return ContainerRef("containers", with_gpu[0], app[with_gpu[0]]) if len(with_gpu) == 1 else None
-
-
-def in_scope(pod: JsonObject) -> bool:
-    """A KServe predictor pod: labelled with its InferenceService, component predictor or no component label."""
-    pod_labels = labels_of(pod)
-    if ISVC_LABEL not in pod_labels:
-        return False
-    return bool(pod_labels.get(COMPONENT_LABEL, "predictor") == "predictor")

@@ -30,6 +30,7 @@ from gpuguard.policy.model import (
 from gpuguard.policy.quantity import quoted, whole_number
 from gpuguard.policy.runtime import Runtime
 from gpuguard.policy.suggest import close_matches
+from gpuguard.policy.workload import Workload
 
 ANNOTATION_PREFIX = "gpuguard.io/"
 APPLIED_ANNOTATION = "gpuguard.io/applied"
@@ -100,17 +101,35 @@ def namespace_mode_and_limits(policy: Policy, namespace: str) -> tuple[Mode, Lim
     return override.mode or policy.mode, limits
 
 
-def matching_rule(policy: Policy, *, namespace: str, runtime: Runtime, labels: Mapping[str, Any]) -> Rule | None:
-    return next((r for r in policy.rules if _rule_matches(r, namespace, runtime, labels)), None)
+def matching_rule(
+    policy: Policy, *, namespace: str, runtime: Runtime, labels: Mapping[str, Any], workload: Workload | None = None
+) -> Rule | None:
+    return next((r for r in policy.rules if _rule_matches(r, namespace, runtime, labels, workload)), None)
 
 
-def _rule_matches(rule: Rule, namespace: str, runtime: Runtime, labels: Mapping[str, Any]) -> bool:
+def _rule_matches(
+    rule: Rule, namespace: str, runtime: Runtime, labels: Mapping[str, Any], workload: Workload | None
+) -> bool:
     match = rule.match
     if match.namespaces and not any(fnmatchcase(namespace, glob) for glob in match.namespaces):
         return False
     if match.runtimes and runtime not in match.runtimes:
         return False
+    if (match.kinds or match.roles or match.node_roles) and not _workload_matches(rule, workload):
+        return False
     return all(labels.get(key) == value for key, value in match.labels.items())
+
+
+def _workload_matches(rule: Rule, workload: Workload | None) -> bool:
+    """kinds, roles and nodeRoles hold for the pod's workload (an object without one matches none of them)."""
+    match = rule.match
+    if workload is None:
+        return False
+    if match.kinds and workload.kind not in match.kinds:
+        return False
+    if match.roles and workload.role not in match.roles:
+        return False
+    return not match.node_roles or workload.node_role in match.node_roles
 
 
 def resolve(
@@ -120,10 +139,12 @@ def resolve(
     runtime: Runtime,
     labels: Mapping[str, Any],
     annotations: Mapping[str, Any],
+    workload: Workload | None = None,
 ) -> Effective:
-    """The settings for an object in `namespace` running `runtime` with these labels and annotations."""
+    """The settings for an object in `namespace` running `runtime` with these labels and annotations, made by
+    `workload` (None: not a KServe workload pod, so no rule that names kinds or roles matches)."""
     mode, limits = namespace_mode_and_limits(policy, namespace)
-    rule = matching_rule(policy, namespace=namespace, runtime=runtime, labels=labels)
+    rule = matching_rule(policy, namespace=namespace, runtime=runtime, labels=labels, workload=workload)
     base = policy.defaults
     gpu = rule.gpu if rule and rule.gpu is not None else base.gpu
     node_selector = rule.node_selector if rule and rule.node_selector is not None else base.node_selector

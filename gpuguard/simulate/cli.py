@@ -28,6 +28,9 @@ def add_simulate_parser(commands: Any) -> None:
     parser.add_argument("--pods", type=int, default=3000, help="pods in the trace (default 3000)")
     parser.add_argument("--seed", type=int, default=1, help="trace and cluster seed (default 1)")
     parser.add_argument("--lifetime", type=float, default=900.0, help="mean pod lifetime, seconds (default 900)")
+    parser.add_argument("--llm-groups", type=int, default=0, metavar="G",
+                        help="also mix in G multi-node LLM groups (2 or 4 pods of 8 H100 GPUs) and report how many end "
+                             "up split across NVLink cliques with and without group awareness (default 0)")
     parser.add_argument("--policy", type=Path, help="policy whose scheduling section gpuguard uses (default: embedded)")
     parser.add_argument("--chart", type=Path, metavar="PNG", help="also draw a bar chart (needs matplotlib)")
     parser.set_defaults(func=simulate_command)
@@ -39,9 +42,9 @@ def simulate_command(args: argparse.Namespace) -> int:
     from gpuguard.simulate.engine import SCHEDULERS, pickers, replay
     from gpuguard.simulate.model import NODE_MIX, build_cluster, build_trace
 
-    if args.nodes < len(NODE_MIX) or args.pods < 1:
+    if args.nodes < len(NODE_MIX) or args.pods < 1 or args.llm_groups < 0:
         print(f"gpuguard simulate: --nodes must be at least {len(NODE_MIX)} (one of each node kind) and --pods at "
-              "least 1", file=sys.stderr)
+              "least 1 (and --llm-groups not negative)", file=sys.stderr)
         return 2
     try:
         policy = parse_policy(args.policy.read_text() if args.policy else default_policy_text())
@@ -49,7 +52,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         print(f"gpuguard simulate: cannot use the policy: {error}", file=sys.stderr)
         return 2
     cluster = build_cluster(args.nodes, args.seed)
-    trace = build_trace(args.pods, args.seed, lifetime=args.lifetime)
+    trace = build_trace(args.pods, args.seed, lifetime=args.lifetime, llm_groups=args.llm_groups)
     schedulers = pickers(cluster, policy.scheduling)
     show = sys.stderr.isatty() or args.pods >= 5000
     outcomes = [replay(cluster, trace, name, schedulers[name], seed=args.seed, progress=_bar(name) if show else None)
@@ -57,6 +60,9 @@ def simulate_command(args: argparse.Namespace) -> int:
     if show:
         print(file=sys.stderr)
     print(report.table(outcomes, nodes=args.nodes, pods=args.pods, seed=args.seed))
+    if args.llm_groups:
+        print()
+        print(report.groups_table(outcomes[0], _without_groups(cluster, trace, policy.scheduling, seed=args.seed)))
     if args.chart:
         try:
             report.chart(outcomes, args.chart)
@@ -65,6 +71,15 @@ def simulate_command(args: argparse.Namespace) -> int:
             return 2
         print(f"chart written to {args.chart}")
     return 0
+
+
+def _without_groups(cluster: Any, trace: Any, scheduling: Any, *, seed: int) -> Any:
+    """gpuguard's replay with `scheduling.groupPlacement` off, for the comparison."""
+    from gpuguard.simulate.engine import pickers, replay
+
+    off = scheduling.model_copy(update={"group_placement": scheduling.group_placement.model_copy(
+        update={"enabled": False})})
+    return replay(cluster, trace, "gpuguard", pickers(cluster, off)["gpuguard"], seed=seed)
 
 
 def _bar(name: str) -> Callable[[int, int], None]:

@@ -8,22 +8,27 @@ Three schedulers see the same cluster and the same trace:
 - `best-fit`: an offline best fit: among the nodes that fit, the one the pod leaves with the fewest free devices of
   its kind (for MIG, the fewest free instances of its profile, then fewest free slots on the chosen GPU).
 Ties go to a seeded random pick among the best, as kube-scheduler breaks them. Departures release what the pod held.
-Pure apart from an optional progress callback.
+For the pods of a multi-node group, gpuguard also re-ranks by the group's NVLink clique and product when
+`scheduling.groupPlacement` is enabled (`gpuguard.policy.grouping`, as the extender does), and the outcome counts the
+groups that ended up split across cliques. Pure apart from an optional progress callback.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gpuguard.policy.gpustate import GpuRequest, NodeGpuState, SliceRef, bind, release
+from gpuguard.policy.grouping import grouped_scores, placement_of, tiers_for
 from gpuguard.policy.model import Scheduling
 from gpuguard.policy.scoring import fit_key, fit_refusal, filter_nodes, score_nodes
-from gpuguard.simulate.model import GPU, T4_SHARED, SimCluster, SimPod
+from gpuguard.simulate.model import CLIQUE, GPU, T4_SHARED, SimCluster, SimPod
 
-Picker = Callable[[GpuRequest, list[NodeGpuState], random.Random], NodeGpuState | None]
+Picker = Callable[[GpuRequest, list[NodeGpuState], random.Random, Sequence[str]], NodeGpuState | None]
+"""(request, candidate states, tie-breaking random, nodes of the pod's group's bound pods) -> the chosen node."""
 Progress = Callable[[int, int], None]
 SCHEDULERS = ("gpuguard", "default", "best-fit")
 
@@ -42,6 +47,12 @@ class Outcome:
     """GPUs taken by the whole-GPU (LLM) pods placed, over the whole trace."""
     placed_on_busy: list[float] = field(default_factory=list)
     """Background utilization of each node a whole-GPU pod went to, one entry per GPU it took."""
+    groups: int = 0
+    """Multi-node groups in the trace."""
+    groups_placed: int = 0
+    """Groups all of whose pods were placed."""
+    groups_split: int = 0
+    """Groups placed whole whose pods ended up in more than one NVLink clique."""
 
     @property
     def mean_utilization_of_used(self) -> float:
@@ -49,20 +60,29 @@ class Outcome:
 
 
 def pickers(cluster: SimCluster, scheduling: Scheduling) -> dict[str, Picker]:
-    def gpuguard(request: GpuRequest, states: list[NodeGpuState], rnd: random.Random) -> NodeGpuState | None:
+    awareness = scheduling.group_placement
+
+    def gpuguard(request: GpuRequest, states: list[NodeGpuState], rnd: random.Random,
+                 members: Sequence[str]) -> NodeGpuState | None:
         feasible, _ = filter_nodes(request, states, utilization=cluster.utilization, scheduling=scheduling, now=0.0)
         if not feasible:
             return None
         scores = score_nodes(request, feasible, utilization=cluster.utilization, scheduling=scheduling, now=0.0)
+        placement = placement_of(members, cluster.labels.get, topology_key=awareness.topology_key) \
+            if members and awareness.enabled else None
+        if placement is not None:
+            scores = grouped_scores(scores, tiers_for(placement, [s.name for s in feasible], cluster.labels.get))
         return _best(feasible, scores, rnd, highest=True)
 
-    def default(request: GpuRequest, states: list[NodeGpuState], rnd: random.Random) -> NodeGpuState | None:
+    def default(request: GpuRequest, states: list[NodeGpuState], rnd: random.Random,
+                members: Sequence[str]) -> NodeGpuState | None:
         fits = _fits(request, states)
         shares = [sum((s.free_of(r) - n) / max(s.allocatable.get(r, 1), 1) for r, n in request.resources)
                   for s in fits]
         return _best(fits, shares, rnd, highest=True) if fits else None
 
-    def best_fit(request: GpuRequest, states: list[NodeGpuState], rnd: random.Random) -> NodeGpuState | None:
+    def best_fit(request: GpuRequest, states: list[NodeGpuState], rnd: random.Random,
+                 members: Sequence[str]) -> NodeGpuState | None:
         fits = _fits(request, states)
         keys = [fit_key(request, s) for s in fits]
         return _best(fits, keys, rnd, highest=False) if fits else None
@@ -88,12 +108,21 @@ def replay(cluster: SimCluster, trace: Sequence[SimPod], name: str, picker: Pick
     departures: list[tuple[float, int]] = []
     outcome = Outcome(name)
     first_failure_seen = False
+    bound: dict[str, dict[int, str]] = {}
+    """group -> pod index -> node, for the group's pods that are bound now."""
+    placed_in: dict[str, list[str]] = {}
+    """group -> the node of each of its pods placed, over the whole trace."""
     for done, pod in enumerate(trace, 1):
         while departures and departures[0][0] <= pod.arrival:
             _, index = heapq.heappop(departures)
             node, slices = held.pop(index)
             states[node] = release(states[node], trace[index].request, slices)
-        chosen = picker(pod.request, [states[n] for n in order], rnd)
+            bound.get(trace[index].group, {}).pop(index, None)
+        members = list(bound.get(pod.group, {}).values()) if pod.group else []
+        chosen = picker(pod.request, [states[n] for n in order], rnd, members)
+        if chosen is not None and pod.group:
+            bound.setdefault(pod.group, {})[pod.index] = chosen.name
+            placed_in.setdefault(pod.group, []).append(chosen.name)
         if chosen is None:
             outcome.unschedulable += 1
             if not first_failure_seen:
@@ -114,7 +143,20 @@ def replay(cluster: SimCluster, trace: Sequence[SimPod], name: str, picker: Pick
             progress(done, len(trace))
     if not first_failure_seen:
         outcome.stranded_gpus, outcome.stranded_mig_slots = stranded(states.values())
+    _count_groups(outcome, trace, placed_in, cluster)
     return outcome
+
+
+def _count_groups(outcome: Outcome, trace: Sequence[SimPod], placed_in: dict[str, list[str]],
+                  cluster: SimCluster) -> None:
+    sizes = Counter(p.group for p in trace if p.group)
+    outcome.groups = len(sizes)
+    for group, size in sizes.items():
+        nodes = placed_in.get(group, [])
+        if len(nodes) == size:
+            outcome.groups_placed += 1
+            cliques = {cluster.labels.get(n, {}).get(CLIQUE, n) for n in nodes}
+            outcome.groups_split += int(len(cliques) > 1)
 
 
 def stranded(states: Iterable[NodeGpuState]) -> tuple[int, int]:

@@ -11,12 +11,18 @@ Trace, M pods arriving one per second on average (exponential gaps), each living
 for 4 or 8 GPUs; 70 % pin H100, 30 % A100 through the product selector the webhook's rules add), 45 % small models on
 one MIG slice (60 % on H100: 1g.10gb 30, 2g.20gb 10, 3g.40gb 5; 40 % on B200: 1g.23gb 30,
 2g.45gb 10, 3g.90gb 5), 15 % development models on one time-sliced T4 share.
+
+Multi-node LLM groups (`llm_groups`, off by default): that many groups of 2 or 4 pods of 8 H100 GPUs each (one model
+sharded by pipeline parallelism across nodes, as a LeaderWorkerSet group or a multi-node predictor), arriving at
+random times over the trace, their pods one after another 10 ms apart, sharing one lifetime. The whole-GPU nodes are
+labelled with an NVLink clique (`nvidia.com/gpu.clique`, as GPU Feature Discovery sets it) of `CLIQUE_SIZE` nodes
+each, per product; a group whose pods end up in more than one clique is split.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpuguard.policy import mig
@@ -40,6 +46,11 @@ T4_SHARED = "Tesla-T4-SHARED"
 """GPU Feature Discovery's product label on a time-sliced node (renameByDefault: false)."""
 GPU = "nvidia.com/gpu"
 PRODUCT = "nvidia.com/gpu.product"
+CLIQUE = "nvidia.com/gpu.clique"
+CLIQUE_SIZE = 8
+GROUP_SIZES = (2, 4)
+GROUP_GAP = 0.01
+"""Seconds between the pods of one group: the LeaderWorkerSet creates them together."""
 SHARING = "nvidia.com/gpu.sharing-strategy"
 NOT_SHARED = {"key": SHARING, "operator": "NotIn", "values": ["time-slicing", "mps"]}
 BACKGROUND = (5.0, 20.0, 40.0, 60.0, 85.0)
@@ -63,6 +74,8 @@ class SimPod:
     request: GpuRequest
     arrival: float
     lifetime: float
+    group: str = ""
+    """The multi-node group the pod belongs to ("" for single pods)."""
 
     @property
     def gpus(self) -> int:
@@ -75,6 +88,8 @@ class SimCluster:
     utilization: dict[str, NodeUtilization]
     background: dict[str, float]
     """Mean background utilization of each whole-GPU node (percent)."""
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Each node's GPU product and, for whole-GPU nodes, NVLink clique label."""
 
 
 def node_counts(nodes: int) -> dict[str, int]:
@@ -88,10 +103,14 @@ def build_cluster(nodes: int, seed: int) -> SimCluster:
     states: list[NodeGpuState] = []
     utilization: dict[str, NodeUtilization] = {}
     background: dict[str, float] = {}
+    labels: dict[str, dict[str, str]] = {}
     for kind, count in node_counts(nodes).items():
         for i in range(count):
             name = f"{kind}-{i:03d}"
             states.append(_node(kind, name))
+            labels[name] = {PRODUCT: states[-1].product}
+            if kind in ("h100", "a100"):
+                labels[name][CLIQUE] = f"{kind}-clique-{i // CLIQUE_SIZE}"
             if kind in ("h100", "a100", "t4"):
                 level = rnd.choice(BACKGROUND)
                 gpus = 4 if kind == "t4" else 8
@@ -99,7 +118,7 @@ def build_cluster(nodes: int, seed: int) -> SimCluster:
                                 for g in range(gpus))
                 utilization[name] = NodeUtilization(samples)
                 background[name] = sum(s.percent for s in samples) / gpus
-    return SimCluster(tuple(states), utilization, background)
+    return SimCluster(tuple(states), utilization, background, labels)
 
 
 def _node(kind: str, name: str) -> NodeGpuState:
@@ -132,7 +151,7 @@ def _layout(model: GpuModel, counts: dict[str, int]) -> tuple[MigSlice, ...]:
     return placed
 
 
-def build_trace(pods: int, seed: int, *, lifetime: float = 900.0) -> tuple[SimPod, ...]:
+def build_trace(pods: int, seed: int, *, lifetime: float = 900.0, llm_groups: int = 0) -> tuple[SimPod, ...]:
     rnd = random.Random(f"trace-{seed}")
     now = 0.0
     trace: list[SimPod] = []
@@ -140,7 +159,22 @@ def build_trace(pods: int, seed: int, *, lifetime: float = 900.0) -> tuple[SimPo
         now += rnd.expovariate(1.0)
         kind = rnd.choices(("llm", "mig", "dev"), (40, 45, 15))[0]
         trace.append(SimPod(index, kind, _request(kind, rnd), now, rnd.expovariate(1.0 / lifetime)))
+    if llm_groups:
+        trace = _with_groups(trace, llm_groups, seed, lifetime=lifetime)
     return tuple(trace)
+
+
+def _with_groups(trace: list[SimPod], groups: int, seed: int, *, lifetime: float) -> list[SimPod]:
+    """The trace with `groups` multi-node groups mixed in by arrival time, every pod re-indexed in order."""
+    rnd = random.Random(f"groups-{seed}")
+    span = trace[-1].arrival if trace else 1.0
+    request = gpu_request(admitted_pod({GPU: 8}, {PRODUCT: H100}, [NOT_SHARED]))
+    extra = []
+    for g in range(groups):
+        start, size, life = rnd.uniform(0, span), rnd.choice(GROUP_SIZES), rnd.expovariate(1.0 / lifetime)
+        extra += [SimPod(-1, "group", request, start + k * GROUP_GAP, life, f"group-{g}") for k in range(size)]
+    merged = sorted([*trace, *extra], key=lambda p: p.arrival)
+    return [SimPod(i, p.kind, p.request, p.arrival, p.lifetime, p.group) for i, p in enumerate(merged)]
 
 
 def _request(kind: str, rnd: random.Random) -> GpuRequest:

@@ -34,6 +34,15 @@ def table(outcomes: Sequence[Outcome], *, nodes: int, pods: int, seed: int) -> s
     return "\n".join(lines)
 
 
+def groups_table(aware: Outcome, unaware: Outcome) -> str:
+    """Multi-node groups placed whole and split across NVLink cliques, gpuguard with and without group awareness."""
+    lines = [f"multi-node LLM groups (2 or 4 pods of 8 H100 GPUs each): {aware.groups} in the trace",
+             f"{'':<28}  {'with group awareness':>20}  {'without':>8}"]
+    for name, attribute in (("placed whole", "groups_placed"), ("split across NVLink cliques", "groups_split")):
+        lines.append(f"{name:<28}  {getattr(aware, attribute):>20}  {getattr(unaware, attribute):>8}")
+    return "\n".join(lines)
+
+
 def _ratio(a: Outcome, b: Outcome) -> float:
     return a.placed_before_first_failure / max(b.placed_before_first_failure, 1)
 

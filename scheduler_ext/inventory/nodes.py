@@ -12,8 +12,8 @@ start slots. The parsed annotation stays in the facts, so they can be rebuilt wh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpuguard.contracts.extender import node_name
@@ -61,6 +61,8 @@ class NodeFacts:
     """Why the inventory annotation was ignored, if it was."""
     inventory: NodeInventory | None = None
     """The valid annotation, if any: what the MIG layout is rebuilt from for another catalog."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """The node's labels (string values): the GPU product and topology domain group placement reads."""
 
 
 def node_facts(node: dict[str, Any], *, catalog: MigCatalog = mig.BUILTIN) -> NodeFacts:
@@ -83,7 +85,11 @@ def node_facts(node: dict[str, Any], *, catalog: MigCatalog = mig.BUILTIN) -> No
         reported=_reported(inventory, catalog),
         sharing=str(labels.get(SHARING_LABEL) or ""),
     )
-    return NodeFacts(name, str(metadata.get("resourceVersion") or ""), state, problem, inventory)
+    return NodeFacts(name, str(metadata.get("resourceVersion") or ""), state, problem, inventory, string_labels(labels))
+
+
+def string_labels(labels: Mapping[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def with_catalog(facts: NodeFacts, catalog: MigCatalog) -> NodeFacts:

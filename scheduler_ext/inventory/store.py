@@ -15,7 +15,8 @@ deliver changes on the event loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gpuguard.contracts.extender import node_name
@@ -43,6 +44,8 @@ class InventoryStore:
         self._facts: dict[str, NodeFacts] = {}
         self._pods: dict[str, PodUsage] = {}
         self._used: dict[str, dict[str, int]] = {}
+        self._groups: dict[str, Counter[str]] = {}
+        """Serving group -> how many of its GPU pods are bound to each node."""
         self.index = GpuIndex()
         """Every node's current state, grouped for fast filter/prioritize over names."""
         self._pod_versions: dict[str, int] = {}
@@ -64,6 +67,14 @@ class InventoryStore:
     @property
     def pod_count(self) -> int:
         return len(self._pods)
+
+    def node_labels(self, name: str) -> Mapping[str, str] | None:
+        fact = self._facts.get(name)
+        return fact.labels if fact is not None else None
+
+    def group_nodes(self, group: str) -> list[str]:
+        """The node of each bound GPU pod of a serving group (a node once per pod)."""
+        return list(self._groups.get(group, Counter()).elements())
 
     def state(self, name: str) -> NodeGpuState | None:
         return self.index.get(name)
@@ -155,6 +166,7 @@ class InventoryStore:
         touched = {u.node for u in self._pods.values()} | {u.node for u in usages.values()}
         self._pods = usages
         self._used = {}
+        self._groups = {}
         for usage in usages.values():
             self._count(usage, +1)
         for node in touched:
@@ -185,6 +197,13 @@ class InventoryStore:
             self.generation += 1
 
     def _count(self, usage: PodUsage, sign: int) -> None:
+        if usage.group:
+            members = self._groups.setdefault(usage.group, Counter())
+            members[usage.node] += sign
+            if members[usage.node] <= 0:
+                del members[usage.node]
+            if not members:
+                del self._groups[usage.group]
         used = self._used.setdefault(usage.node, {})
         for resource, count in usage.resources:
             used[resource] = used.get(resource, 0) + sign * count

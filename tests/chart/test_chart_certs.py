@@ -91,10 +91,12 @@ def test_the_first_run_creates_the_secret_and_every_webhook_trusts_its_ca(apiser
     assert secret["type"] == "kubernetes.io/tls"
     assert secret["metadata"]["labels"] == {"app.kubernetes.io/component": "webhook"}
     assert [(r.kind, r.outcome, r.webhooks) for r in report.configurations] == [
-        ("MutatingWebhookConfiguration", "patched", 1), ("ValidatingWebhookConfiguration", "patched", 2)]
+        ("MutatingWebhookConfiguration", "patched", 2), ("ValidatingWebhookConfiguration", "patched", 4)]
     expected = base64.b64encode(bundle.ca_cert).decode()
     assert ca_bundles(apiserver) == {"mutate.pods.gpuguard.io": expected, "validate.pods.gpuguard.io": expected,
-                                     "validate.inferenceservices.gpuguard.io": expected}
+                                     "mutate.llm-pods.gpuguard.io": expected, "validate.llm-pods.gpuguard.io": expected,
+                                     "validate.inferenceservices.gpuguard.io": expected,
+                                     "validate.llminferenceservices.gpuguard.io": expected}
     assert certificate_problems(bundle.ca_cert, bundle.cert, service_names(SERVICE, NAMESPACE), now=NOW) == []
 
 

@@ -23,6 +23,15 @@ from tests.chart.helm import (
 ALL = [(), *((s,) for s in SCENARIOS)]
 IDS = ["defaults", *SCENARIOS]
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
+PREDICTOR = {ISVC_LABEL: "model", "component": "predictor"}
+LLM_WORKLOAD = {"app.kubernetes.io/part-of": "llminferenceservice", "app.kubernetes.io/name": "llama",
+                "app.kubernetes.io/component": "llminferenceservice-workload-worker"}
+LLM_HOOKS = {"mutate.llm-pods.gpuguard.io", "validate.llm-pods.gpuguard.io"}
+
+
+def served_pod(hook: Obj) -> dict[str, str]:
+    """Labels of a pod the hook exists for: an LLMInferenceService workload for the llm-pods hooks, else a predictor."""
+    return LLM_WORKLOAD if hook["name"] in LLM_HOOKS else PREDICTOR
 
 
 def selector_matches(selector: Obj | None, labels: dict[str, str]) -> bool:
@@ -65,8 +74,8 @@ def intercepted(hook: Obj, namespace: dict[str, str], labels: dict[str, str]) ->
 
 @pytest.mark.parametrize("values", ALL, ids=IDS)
 def test_the_webhook_never_sees_kube_system_its_own_namespace_or_opted_out_namespaces(values: tuple[str, ...]) -> None:
-    predictor = {ISVC_LABEL: "model", "component": "predictor"}
     for hook in webhooks(render(values)):
+        predictor = served_pod(hook)
         assert not intercepted(hook, namespace_labels("kube-system"), predictor), hook["name"]
         assert not intercepted(hook, namespace_labels(NAMESPACE), predictor), hook["name"]
         assert not intercepted(hook, namespace_labels("team-a", **{"gpuguard.io/webhook": "ignore"}), predictor)
@@ -75,13 +84,32 @@ def test_the_webhook_never_sees_kube_system_its_own_namespace_or_opted_out_names
 
 @pytest.mark.parametrize("values", ALL, ids=IDS)
 def test_only_inference_service_pods_reach_the_pod_webhooks(values: tuple[str, ...]) -> None:
-    hooks = pod_webhooks(render(values))
+    hooks = [hook for hook in pod_webhooks(render(values)) if hook["name"] not in LLM_HOOKS]
     assert {hook["name"] for hook in hooks} == {"mutate.pods.gpuguard.io", "validate.pods.gpuguard.io"}
     user_namespace = namespace_labels("team-a")
     for hook in hooks:
         assert not intercepted(hook, user_namespace, {"app": "nginx"}), "an ordinary pod must never wait on us"
         assert not intercepted(hook, user_namespace, {ISVC_LABEL: "m", "gpuguard.io/webhook": "ignore"})
         assert intercepted(hook, user_namespace, {ISVC_LABEL: "m"})
+
+
+@pytest.mark.parametrize("values", ALL, ids=IDS)
+def test_llminferenceservice_workload_pods_of_every_role_reach_the_pod_webhooks_and_nothing_else(
+    values: tuple[str, ...]
+) -> None:
+    hooks = [hook for hook in pod_webhooks(render(values)) if hook["name"] in LLM_HOOKS]
+    assert {hook["name"] for hook in hooks} == LLM_HOOKS
+    user_namespace = namespace_labels("llm-prod")
+    for hook in hooks:
+        for component in ("workload", "workload-prefill", "workload-leader", "workload-worker",
+                          "workload-leader-prefill", "workload-worker-prefill"):
+            labels = {**LLM_WORKLOAD, "app.kubernetes.io/component": f"llminferenceservice-{component}"}
+            assert intercepted(hook, user_namespace, labels), component
+            assert not intercepted(hook, user_namespace, {**labels, "gpuguard.io/webhook": "ignore"})
+        router = {**LLM_WORKLOAD, "app.kubernetes.io/component": "llminferenceservice-router-scheduler"}
+        assert not intercepted(hook, user_namespace, router), "the router and scheduler never wait on us"
+        assert not intercepted(hook, user_namespace, {"app": "nginx"})
+        assert not intercepted(hook, user_namespace, PREDICTOR), "predictors have their own entry"
 
 
 def test_extra_excluded_namespaces_are_never_intercepted() -> None:
@@ -101,11 +129,12 @@ def test_every_webhook_is_side_effect_free_and_speaks_both_review_versions(value
 
 def test_the_mutating_webhook_handles_pod_creation_only_and_is_reinvoked_if_needed(default_render: Rendered) -> None:
     (config,) = default_render.of_kind("MutatingWebhookConfiguration")
-    (hook,) = config["webhooks"]
-    assert hook["reinvocationPolicy"] == "IfNeeded"
-    assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                              "resources": ["pods"], "scope": "Namespaced"}]
-    assert hook["clientConfig"]["service"]["path"] == "/mutate"
+    assert [hook["name"] for hook in config["webhooks"]] == ["mutate.pods.gpuguard.io", "mutate.llm-pods.gpuguard.io"]
+    for hook in config["webhooks"]:
+        assert hook["reinvocationPolicy"] == "IfNeeded"
+        assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                  "resources": ["pods"], "scope": "Namespaced"}]
+        assert hook["clientConfig"]["service"]["path"] == "/mutate"
 
 
 def test_inference_services_are_validated_on_create_and_update_only(default_render: Rendered) -> None:
@@ -114,7 +143,11 @@ def test_inference_services_are_validated_on_create_and_update_only(default_rend
     assert rules["validate.inferenceservices.gpuguard.io"] == [{
         "apiGroups": ["serving.kserve.io"], "apiVersions": ["v1beta1"], "operations": ["CREATE", "UPDATE"],
         "resources": ["inferenceservices"], "scope": "Namespaced"}]
+    assert rules["validate.llminferenceservices.gpuguard.io"] == [{
+        "apiGroups": ["serving.kserve.io"], "apiVersions": ["v1alpha1", "v1alpha2"], "operations": ["CREATE", "UPDATE"],
+        "resources": ["llminferenceservices"], "scope": "Namespaced"}]
     assert rules["validate.pods.gpuguard.io"][0]["operations"] == ["CREATE"]
+    assert rules["validate.llm-pods.gpuguard.io"][0]["operations"] == ["CREATE"]
 
 
 @pytest.mark.parametrize(("values", "pods", "isvcs", "timeout"), [
@@ -124,7 +157,7 @@ def test_inference_services_are_validated_on_create_and_update_only(default_rend
 def test_failure_policy_and_timeout_come_from_values(values: tuple[str, ...], pods: str, isvcs: str,
                                                      timeout: int) -> None:
     for hook in webhooks(render(values)):
-        expected = isvcs if hook["name"].startswith("validate.inferenceservices") else pods
+        expected = pods if hook["rules"][0]["resources"] == ["pods"] else isvcs
         assert (hook["failurePolicy"], hook["timeoutSeconds"]) == (expected, timeout), hook["name"]
 
 
@@ -132,6 +165,9 @@ def test_failure_policy_and_timeout_come_from_values(values: tuple[str, ...], po
 def test_match_conditions_skip_non_predictor_pods_where_the_api_server_supports_them(kube_version: str,
                                                                                     expected: bool) -> None:
     for hook in pod_webhooks(render(kube_version=kube_version)):
+        if hook["name"] in LLM_HOOKS:
+            assert "matchConditions" not in hook  # their object selector already names the workload components
+            continue
         conditions = hook.get("matchConditions", [])
         assert bool(conditions) == expected
         for condition in conditions:
@@ -248,7 +284,7 @@ def _policy_without_scheduler() -> str:
 def test_an_upgrade_renders_the_ca_bundle_the_secret_already_holds(tmp_path: Path) -> None:
     rendered = render_with_existing_secret(tmp_path, "Q0EgUEVN")
     assert {hook["clientConfig"]["caBundle"] for hook in webhooks(rendered)} == {"Q0EgUEVN"}
-    assert len(webhooks(rendered)) == 3
+    assert len(webhooks(rendered)) == 6
 
 
 def test_with_cert_manager_the_chart_never_renders_a_ca_bundle_even_if_a_secret_exists(tmp_path: Path) -> None:

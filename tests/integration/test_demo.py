@@ -26,6 +26,13 @@ from gpuguard.k8s.cluster_state import ClusterStateFile
 from tests.conftest import ROOT
 
 
+def demo_key(labels: dict[str, str]) -> str:
+    """The demo's name for a pod: its InferenceService, or its LLMInferenceService and llm-d role."""
+    if "serving.kserve.io/inferenceservice" in labels:
+        return labels["serving.kserve.io/inferenceservice"]
+    return f"{labels['app.kubernetes.io/name']}-{labels['llm-d.ai/role']}"
+
+
 def by_name(result: DemoResult) -> dict[str, Trip]:
     return {trip.name: trip for trip in result.trips}
 
@@ -91,8 +98,7 @@ def test_nodes_without_the_resource_are_refused_with_a_reason(demo: DemoResult) 
 def test_bound_pods_and_the_time_slicing_config_are_in_the_cluster_state(demo: DemoResult) -> None:
     assert demo.workdir is not None
     objects = ClusterStateFile(demo.workdir / "cluster-state.yaml").load()
-    placed = {pod["metadata"]["labels"]["serving.kserve.io/inferenceservice"]: pod["spec"]["nodeName"]
-              for pod in objects.pods}
+    placed = {demo_key(pod["metadata"]["labels"]): pod["spec"]["nodeName"] for pod in objects.pods}
     assert placed == {trip.name: trip.node for trip in demo.trips if trip.node}
     assert demo.time_slicing.startswith("t4-shared: nvidia.com/device-plugin.config=gpuguard-ts4-")
     assert any(name == "gpuguard-time-slicing" for _, name in objects.config_maps)
@@ -150,3 +156,12 @@ def test_on_a_terminal_the_demo_uses_its_width_and_colour(tmp_path: Path) -> Non
     assert max(widths) <= 160
     assert "-" * 160 in output, "the table rule spans the terminal"
     assert any(110 < width for width in widths), "text wraps at the terminal's width, not at a fixed one"
+
+
+def test_the_llminferenceservice_prefill_and_decode_pods_are_admitted_and_placed(demo: DemoResult) -> None:
+    trips = by_name(demo)
+    for role in ("prefill", "decode"):
+        trip = trips[f"granite-8b-{role}"]
+        assert trip.denied == "" and trip.rule == "defaults"
+        assert trip.changes[0] == "nvidia.com/gpu: 1", "one GPU on main, none on the routing sidecar"
+        assert trip.node == "a100-b", "the idle A100 node: the busy ones and the full H100 lose"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 import subprocess
 import sys
 
@@ -59,11 +60,16 @@ def test_utilization_weighting_prefers_idle_nodes_among_equal_fits() -> None:
     assert ours.mean_utilization_of_used < best.mean_utilization_of_used
 
 
-def test_gpuguard_simulate_prints_the_table_and_the_ratios() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "gpuguard", "simulate", "--nodes", "20", "--pods", "600", "--seed", "2"],
+def simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    """`gpuguard simulate ARGS` as a command."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpuguard", "simulate", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+def test_gpuguard_simulate_prints_the_table_and_the_ratios() -> None:
+    result = simulate("--nodes", "20", "--pods", "600", "--seed", "2")
     assert result.returncode == 0, result.stderr
     assert "placed before 1st unschedulable" in result.stdout
     assert "gpuguard / default scheduler" in result.stdout
@@ -71,9 +77,48 @@ def test_gpuguard_simulate_prints_the_table_and_the_ratios() -> None:
 
 
 def test_a_cluster_too_small_for_every_node_kind_is_refused() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "gpuguard", "simulate", "--nodes", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    result = simulate("--nodes", "2")
     assert result.returncode == 2
     assert "--nodes must be at least 5" in result.stderr
+
+
+def group_run(seed: int, *, aware: bool) -> Outcome:
+    cluster = build_cluster(60, seed)
+    trace = build_trace(2000, seed, lifetime=60.0, llm_groups=100)
+    scheduling = default_policy().scheduling
+    if not aware:
+        scheduling = scheduling.model_copy(update={"group_placement": scheduling.group_placement.model_copy(
+            update={"enabled": False})})
+    return replay(cluster, trace, "gpuguard", pickers(cluster, scheduling)["gpuguard"], seed=seed)
+
+
+def test_a_trace_with_llm_groups_mixes_in_whole_groups_of_8_gpu_pods() -> None:
+    plain, grouped = build_trace(500, 4), build_trace(500, 4, llm_groups=20)
+    members = [p for p in grouped if p.group]
+    sizes = Counter(p.group for p in members)
+    assert len(sizes) == 20 and set(sizes.values()) <= {2, 4}
+    assert all(p.request.count(GPU) == 8 and p.request.product == "NVIDIA-H100-80GB-HBM3" for p in members)
+    assert [p.index for p in grouped] == list(range(len(grouped)))
+    assert [p.request for p in grouped if not p.group] == [p.request for p in plain]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_group_awareness_keeps_more_groups_inside_one_nvlink_clique(seed: int) -> None:
+    aware, unaware = group_run(seed, aware=True), group_run(seed, aware=False)
+    assert aware.groups == unaware.groups == 100
+    assert aware.groups_placed >= 0.9 * unaware.groups_placed
+    assert aware.groups_split <= 0.6 * unaware.groups_split
+
+
+def test_without_groups_the_trace_and_its_outcome_are_unchanged() -> None:
+    assert build_trace(300, 5) == build_trace(300, 5, llm_groups=0)
+    outcome = run(20, 300, 5)["gpuguard"]
+    assert (outcome.groups, outcome.groups_placed, outcome.groups_split) == (0, 0, 0)
+
+
+def test_gpuguard_simulate_reports_split_groups_with_and_without_group_awareness() -> None:
+    result = simulate("--pods", "400", "--lifetime", "60", "--llm-groups", "10")
+    assert result.returncode == 0, result.stderr
+    assert "10 in the trace" in result.stdout
+    assert "with group awareness" in result.stdout
+    assert "split across NVLink cliques" in result.stdout

@@ -123,8 +123,7 @@ def test_kinds_and_versions_the_webhook_never_sees_are_reported_as_skipped_not_o
     assert lines[0].startswith("skip   KFService models/legacy: serving.kubeflow.org/v1alpha2 KFService is not checked")
     assert lines[1].startswith("skip   InferenceService models/kfserving: serving.kubeflow.org/v1beta1")
     assert "convert it to that version" in lines[1]
-    assert lines[2].startswith("skip   LLMInferenceService models/llm: not checked")
-    assert lines[-1] == "4 objects: 4 skipped"
+    assert lines[-1] == "3 objects: 3 skipped"
 
 
 @pytest.mark.parametrize(
@@ -221,3 +220,34 @@ def test_an_inferenceservice_is_refused_when_its_pods_would_be() -> None:
     pinned = next(item for item in document["items"] if item["name"] == "small-on-a30")
     assert pinned["decision"] == "denied" and pinned["rule"] == "small-models-on-mig"
     assert "nvidia.com/mig-1g.10gb does not exist on NVIDIA-A30 (A30)" in pinned["problems"][0]["message"]
+
+
+LLM_EXAMPLES = ROOT / "examples" / "llminferenceservices.yaml"
+
+
+def test_validate_judges_llminferenceservices_by_their_workload_pods() -> None:
+    result = gpuguard("validate", "-f", str(LLM_EXAMPLES))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "ok     LLMInferenceService llm-prod/llama-3-70b (rule llm)" in lines
+    assert "DENIED LLMInferenceService llm-prod/mixtral-8x22b (rule llm)" in lines
+    assert any(line.strip().startswith("- spec.worker.containers[0]: each pod gets 2 GPUs") and "Fix:" in line
+               for line in lines)
+    assert lines[-1] == "2 objects: 1 admitted, 1 denied"
+
+
+def test_an_llminferenceservice_over_the_limit_is_checked_not_skipped() -> None:
+    code, document = report("validate", "-f", str(OFFLINE / "llminferenceservice.yaml"))
+    assert code == 1
+    (item,) = document["items"]
+    assert (item["kind"], item["decision"]) == ("LLMInferenceService", "denied")
+    assert item["problems"][0]["where"] == "spec.template pods"
+    assert "asks for 8 GPUs in all" in item["problems"][0]["message"]
+
+
+def test_mutate_shows_what_each_llminferenceservice_role_gets() -> None:
+    result = gpuguard("mutate", "-f", str(LLM_EXAMPLES))
+    assert result.returncode == 1, result.stderr
+    assert "#   + llminferenceservice-workload-prefill pods get: nodeSelector nvidia.com/gpu.product=" in result.stdout
+    assert "#   + llminferenceservice-workload-worker pods get: schedulerName gpuguard-scheduler" in result.stdout
+    assert [d["kind"] for d in yaml.safe_load_all(result.stdout) if d] == ["LLMInferenceService"] * 2

@@ -1,7 +1,9 @@
 {{/*
 What every gpuguard webhook entry shares. The webhook must never be able to block the cluster (kserve/kserve#480, #688): it
 never sees kube-system, its own namespace (so it cannot block its own replacement pods), or a namespace or object
-labelled gpuguard.io/webhook=ignore, and only pods that KServe made for an InferenceService.
+labelled gpuguard.io/webhook=ignore, and only pods that KServe made to serve a model: InferenceService predictors (with
+their multi-node workers) and LLMInferenceService workloads. An object selector cannot say "this label or that one",
+so each kind of pod has its own entry.
 */}}
 
 {{/* Namespaces: everything except kube-system, the release namespace, excludeNamespaces and opted-out ones.
@@ -24,6 +26,29 @@ objectSelector:
   matchExpressions:
     - key: serving.kserve.io/inferenceservice
       operator: Exists
+    - key: gpuguard.io/webhook
+      operator: NotIn
+      values: [ignore]
+{{- end -}}
+
+{{/* LLMInferenceService workload pods (every role: single-node decode and prefill, LeaderWorkerSet leaders and
+workers), as KServe's LLMInferenceService controller labels them; its router, scheduler and other pods never match. */}}
+{{- define "gpuguard.webhookLlmPodSelector" -}}
+objectSelector:
+  matchExpressions:
+    - key: app.kubernetes.io/part-of
+      operator: In
+      values: [llminferenceservice]
+    - key: app.kubernetes.io/component
+      operator: In
+      values:
+        - llminferenceservice-workload
+        - llminferenceservice-workload-prefill
+        - llminferenceservice-workload-leader
+        - llminferenceservice-workload-worker
+        - llminferenceservice-workload-leader-prefill
+        - llminferenceservice-workload-worker-prefill
+        - llminferenceservice-workload-prefill-worker
     - key: gpuguard.io/webhook
       operator: NotIn
       values: [ignore]
