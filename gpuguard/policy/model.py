@@ -23,6 +23,11 @@ Mode = Literal["enforce", "warn", "audit"]
 """enforce: deny violations; warn: admit with warnings; audit: admit, only log and count."""
 
 UserOverride = Literal["gpu-count", "mig-profile", "gpu-product", "sharing", "skip"]
+Allocation = Literal["devicePlugin", "dra"]
+"""devicePlugin: GPUs as extended resources (`nvidia.com/gpu`, `nvidia.com/mig-*`); dra: as ResourceClaims on the
+NVIDIA DRA driver's DeviceClasses (Kubernetes 1.34+, `resource.k8s.io/v1`)."""
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 FitStrategy = Literal["binpack", "spread"]
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -115,6 +120,8 @@ class PodDefaults(PolicyModel):
     scheduler_name: str = ""
     """`""` leaves spec.schedulerName untouched."""
     triton_metrics: TritonMetrics = TritonMetrics()
+    allocation: Allocation = "devicePlugin"
+    """How the GPU is given: extended resources (the default, as before DRA) or a ResourceClaim (`dra`)."""
 
 
 class RuleMatch(PolicyModel):
@@ -137,6 +144,7 @@ class Rule(PolicyModel):
     node_selector: dict[str, str] | None = None
     scheduler_name: str | None = None
     triton_metrics: TritonMetrics | None = None
+    allocation: Allocation | None = None
 
 
 class Limits(PolicyModel):
@@ -163,6 +171,27 @@ class LimitsOverride(PolicyModel):
 class NamespaceOverride(PolicyModel):
     mode: Mode | None = None
     limits: LimitsOverride | None = None
+    allocation: Allocation | None = None
+    """The namespace's pods get GPUs this way unless their rule says otherwise (a namespace on a DRA node pool)."""
+
+
+class DeviceClasses(PolicyModel):
+    """The DeviceClasses claims ask; the NVIDIA DRA driver installs these two (names an admin may have changed)."""
+
+    gpu: str = Field(default="gpu.nvidia.com", pattern=DNS_SUBDOMAIN, max_length=253)
+    """Whole GPUs."""
+    mig: str = Field(default="mig.nvidia.com", pattern=DNS_SUBDOMAIN, max_length=253)
+    """MIG devices; the claim pins the profile with a CEL selector."""
+
+
+class Dra(PolicyModel):
+    """How `allocation: dra` shapes become ResourceClaims."""
+
+    device_classes: DeviceClasses = DeviceClasses()
+    claim_name: str = Field(default="gpu", pattern=DNS_LABEL, max_length=63)
+    """The pod's `spec.resourceClaims` entry, the model container's `resources.claims` entry and the request name."""
+    template_prefix: str = Field(default="gpuguard-gpu", pattern=DNS_LABEL, max_length=40)
+    """ResourceClaimTemplate names are this prefix, the shape and a hash of the template's content."""
 
 
 class Weights(PolicyModel):
@@ -248,6 +277,7 @@ class Policy(PolicyModel):
     """Extended resources that are GPUs on this cluster besides the built-in NVIDIA, AMD, Intel and Gaudi names (like
     KServe's `customGPUResourceTypeList`); counted and judged as GPUs, one device each."""
     externally_managed: ExternallyManaged = ExternallyManaged()
+    dra: Dra = Dra()
     mig_catalog: CatalogSpec | None = None
     """GPU models to add to gpuguard's MIG catalog, or to replace (same name), in the schema of its catalog file:
     for GPUs newer than this release. Their profiles become known to validation and their geometry to the extender."""

@@ -8,7 +8,9 @@ Filter refuses a node, with a one-line reason, when
 - its `nvidia.com/gpu.product` does not match the pod's selector or required node affinity (unresolvable),
 - its GPUs are time-sliced or MPS shares and the pod's required node affinity excludes those (unresolvable),
 - it has none of a requested GPU resource, or not enough of it free (free = allocatable minus the requests of the
-  node's bound, non-terminated pods; for MIG, free instances of the profile),
+  node's bound, non-terminated pods; for MIG, free instances of the profile) - never for a pod whose GPUs come from
+  DRA claims, nor on a node whose GPUs are DRA devices: kube-scheduler's DynamicResources plugin allocates those,
+  and the extender only sees nodes it kept,
 - every candidate GPU is at or above `scheduling.maxGpuUtilization` according to fresh samples. A node with stale or
   missing samples for any candidate GPU is never refused for utilization.
 
@@ -96,6 +98,8 @@ def fit_refusal(request: GpuRequest, state: NodeGpuState) -> Refusal | None:
     shared = sharing_refusal(request, state.sharing)
     if shared is not None:
         return Refusal(state.name, shared, "sharing", resolvable=False)
+    if state.dra or request.claims:
+        return None  # DRA devices: kube-scheduler's DynamicResources plugin judges capacity, and allocates
     for resource, count in request.resources:
         total = state.allocatable.get(resource, 0)
         if total == 0:
