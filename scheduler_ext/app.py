@@ -27,6 +27,7 @@ from gpuguard.contracts.extender import (
     encode_priorities,
     parse_args,
 )
+from gpuguard.policy.dra import policy_classes
 from gpuguard.web.logs import log_bug
 from gpuguard.web.policy_source import PolicySource
 from gpuguard.web.serving import add_metrics_route, add_probes
@@ -151,9 +152,10 @@ def _filter(app: web.Application, args: ExtenderArgs) -> FilterOutcome:
     store = _store(app)
     if args.nodes is not None:
         states = store.states_for_objects(args.nodes.items)
-        return decide_filter(args, states, utilization=board, scheduling=scheduling, now=now)
+        return decide_filter(args, states, utilization=board, scheduling=scheduling, now=now, claims=store.claims)
     _require_cache(app)
-    return decide_filter_names(args, store.index, utilization=board, scheduling=scheduling, now=now)
+    return decide_filter_names(args, store.index, utilization=board, scheduling=scheduling, now=now,
+                               claims=store.claims)
 
 
 def _prioritize(app: web.Application, args: ExtenderArgs) -> tuple[list[str], list[int]]:
@@ -161,15 +163,18 @@ def _prioritize(app: web.Application, args: ExtenderArgs) -> tuple[list[str], li
     store = _store(app)
     if args.nodes is not None:
         states = store.states_for_objects(args.nodes.items)
-        return decide_priorities(args, states, utilization=board, scheduling=scheduling, now=now)
+        return decide_priorities(args, states, utilization=board, scheduling=scheduling, now=now, claims=store.claims)
     _require_cache(app)
-    return decide_priorities_names(args, store.index, utilization=board, scheduling=scheduling, now=now)
+    return decide_priorities_names(args, store.index, utilization=board, scheduling=scheduling, now=now,
+                                   claims=store.claims)
 
 
 def _store(app: web.Application) -> InventoryStore:
-    """The node cache, its MIG layouts resolved through the catalog of the policy in force."""
-    store = app[keys.STORE]
-    store.use_catalog(app[keys.POLICY].policy.catalog)
+    """The node cache, its MIG layouts resolved through the catalog of the policy in force, claims read through its
+    DeviceClass names."""
+    store, policy = app[keys.STORE], app[keys.POLICY].policy
+    store.use_catalog(policy.catalog)
+    store.dra.use_classes(policy_classes(policy))
     return store
 
 

@@ -1,4 +1,4 @@
-"""A small stand-in for kube-apiserver's list and watch of Nodes and Pods, over real HTTP.
+"""A small stand-in for kube-apiserver's list and watch of Nodes, Pods and the DRA kinds, over real HTTP.
 
 No kube-apiserver can be installed here, so the watch code is exercised against this: the same URLs, query
 parameters and wire format the kubernetes client uses (paged LIST with `limit`/`continue`, WATCH as a chunked stream
@@ -21,7 +21,10 @@ from typing import Any
 from aiohttp import web
 
 JsonDict = dict[str, Any]
-PATHS = {"nodes": "Node", "pods": "Pod"}
+PATHS = {"nodes": "Node", "pods": "Pod", "resourceslices": "ResourceSlice", "resourceclaims": "ResourceClaim",
+         "resourceclaimtemplates": "ResourceClaimTemplate"}
+GROUPS = {"ResourceSlice": "resource.k8s.io/v1", "ResourceClaim": "resource.k8s.io/v1",
+          "ResourceClaimTemplate": "resource.k8s.io/v1"}
 
 
 @dataclass
@@ -105,6 +108,7 @@ class FakeApiServer:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/api/v1/{plural}", self._handle)
+        app.router.add_get("/apis/resource.k8s.io/v1/{plural}", self._handle)
         return app
 
     def start(self) -> str:
@@ -187,7 +191,8 @@ class FakeApiServer:
         metadata: JsonDict = {"resourceVersion": str(self.version)}
         if start + limit < len(items):
             metadata["continue"] = str(start + limit)
-        body = {"kind": f"{kind_name}List", "apiVersion": "v1", "metadata": metadata, "items": page}
+        body = {"kind": f"{kind_name}List", "apiVersion": GROUPS.get(kind_name, "v1"), "metadata": metadata,
+                "items": page}
         return web.json_response(body)
 
     async def _watch(self, request: web.Request, kind_name: str, kind: _Kind, selector: str) -> web.StreamResponse:
