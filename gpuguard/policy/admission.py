@@ -9,12 +9,14 @@ InferenceService is told is exactly what its pods will be told. Pure: JSON in, v
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonpatch
 
 from gpuguard.policy import podspec
+from gpuguard.policy.claim_templates import known_claim_specs
 from gpuguard.policy.demand import GpuDemand
 from gpuguard.policy.model import Policy
 from gpuguard.policy.mutation import MutationPlan, plan_pod
@@ -31,6 +33,9 @@ class PodView:
     effective: Effective
     runtime: Runtime
     demand: GpuDemand
+    templates: Mapping[str, JsonObject] = field(default_factory=dict)
+    """The ResourceClaimTemplates whose content is known (gpuguard's own in this namespace), when the pod has
+    claims: validation judges the claims made from them."""
 
 
 def view(pod: JsonObject, policy: Policy, *, namespace: str) -> PodView:
@@ -39,7 +44,9 @@ def view(pod: JsonObject, policy: Policy, *, namespace: str) -> PodView:
         policy, namespace=namespace, runtime=runtime, labels=podspec.labels_of(pod),
         annotations=podspec.annotations_of(pod),
     )
-    return PodView(effective, runtime, pod_demand_under(pod, effective))
+    claims = podspec.sequence(podspec.spec_of(pod).get("resourceClaims"))
+    templates = known_claim_specs(policy, namespace) if claims else {}
+    return PodView(effective, runtime, pod_demand_under(pod, effective), templates)
 
 
 def pod_runtime(pod: JsonObject) -> Runtime:
@@ -52,7 +59,7 @@ def plan(pod: JsonObject, seen: PodView) -> MutationPlan:
 
 
 def problems(pod: JsonObject, seen: PodView) -> list[Problem]:
-    return pod_problems(pod, seen.effective, seen.demand)
+    return pod_problems(pod, seen.effective, seen.demand, seen.templates)
 
 
 def apply(pod: JsonObject, mutation: MutationPlan) -> dict[str, Any]:

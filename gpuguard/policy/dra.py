@@ -57,6 +57,7 @@ DRIVER = "gpu.nvidia.com"
 GPU_CLASS = "gpu.nvidia.com"
 MIG_CLASS = "mig.nvidia.com"
 MEMORY_SLICE = "memorySlice"
+SHARING_STRATEGIES = ("TimeSlicing", "MPS")
 
 DeviceKind = Literal["gpu", "mig", "other"]
 DeviceKey = tuple[str, str]
@@ -331,6 +332,22 @@ def _request_resource(exactly: JsonObject, classes: DraClasses) -> str | None:
         return WHOLE_GPU if terms is not None and terms.get("type", "gpu") == "gpu" else ""
     profile = (terms or {}).get("profile")
     return mig.mig_resource_name(profile) if profile else ""
+
+
+def claim_sharing(spec: JsonObject) -> str:
+    """The NVIDIA driver's GPU sharing strategy a claim configures (`TimeSlicing`, `MPS`), "" when none.
+
+    The driver reads it from an opaque config for `gpu.nvidia.com` whose parameters carry `sharing.strategy`
+    (`GpuSharing` / `MigDeviceSharing`, NVIDIA/k8s-dra-driver-gpu api/nvidia.com/resource/v1beta1/sharing.go, whose
+    strategies are TimeSlicing, MPS and Fabric; Fabric is not sharing a GPU between workloads).
+    """
+    for entry in map(mapping, sequence(mapping(spec.get("devices")).get("config"))):
+        opaque = mapping(entry.get("opaque"))
+        if opaque.get("driver") == DRIVER:
+            strategy = mapping(mapping(opaque.get("parameters")).get("sharing")).get("strategy")
+            if strategy in SHARING_STRATEGIES:
+                return str(strategy)
+    return ""
 
 
 ClaimKey = tuple[str, str]
