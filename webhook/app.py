@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
 from aiohttp import web
@@ -50,6 +51,7 @@ def create_app(
     registry: CollectorRegistry,
     certificate: ReloadingCertificate | None = None,
     serve_metrics: bool = False,
+    background: Sequence[Callable[[web.Application], AbstractAsyncContextManager[None]]] = (),
 ) -> web.Application:
     """The HTTPS admission app. `serve_metrics` also mounts /metrics here (tests; normally a separate port)."""
     app = web.Application(client_max_size=settings.max_body_bytes)
@@ -65,6 +67,7 @@ def create_app(
     app.cleanup_ctx.append(lambda _: policy.watching(settings.reload_interval))
     if certificate is not None:
         app.cleanup_ctx.append(lambda _: _watch_certificate(certificate, metrics, settings.reload_interval))
+    app.cleanup_ctx.extend(background)
     return app
 
 

@@ -30,3 +30,12 @@ class WebhookSettings:
     reload_interval: float = 2.0
     """Seconds between checks of the policy and certificate files."""
     max_body_bytes: int = MAX_BODY_BYTES
+    claim_templates: bool = False
+    """Keep gpuguard's ResourceClaimTemplates in every namespace in scope (policies with `allocation: dra`); needs
+    `kubeconfig` or `in_cluster`. Replicas elect one writer through a Lease in `namespace`."""
+    kubeconfig: Path | None = None
+    in_cluster: bool = False
+    exclude_namespaces: tuple[str, ...] = ()
+    """Namespaces outside the webhook's scope (besides `namespace` and kube-system), as its namespaceSelector says."""
+    identity: str = ""
+    """This replica's name in the Lease (the pod name)."""

@@ -1,5 +1,5 @@
-"""List-then-watch of Nodes, Pods and (on DRA clusters) ResourceSlices, ResourceClaims and ResourceClaimTemplates
-through the kubernetes client, delivered as plain dicts to a handler.
+"""List-then-watch of Nodes, Pods, Namespaces and (on DRA clusters) ResourceSlices, ResourceClaims and
+ResourceClaimTemplates through the kubernetes client, delivered as plain dicts to a handler.
 
 The informer pattern without the informer: each kind runs in its own thread, LISTs in pages (raw JSON, no model
 deserialization: the extender reads a handful of fields from thousands of objects), hands the full list to
@@ -30,7 +30,7 @@ from gpuguard.k8s.cluster_state import DRA_KINDS, DraKind
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["Node", "Pod"] | DraKind
+Kind = Literal["Node", "Pod", "Namespace"] | DraKind
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 JsonDict = dict[str, Any]
 
@@ -151,6 +151,7 @@ def _lister(api: client.ApiClient, kind: Kind) -> Callable[..., Any]:
     listers: dict[Kind, Callable[..., Any]] = {
         "Node": core.list_node,
         "Pod": core.list_pod_for_all_namespaces,
+        "Namespace": core.list_namespace,
         "ResourceSlice": dra.list_resource_slice,
         "ResourceClaim": dra.list_resource_claim_for_all_namespaces,
         "ResourceClaimTemplate": dra.list_resource_claim_template_for_all_namespaces,

@@ -10,7 +10,8 @@ characters outside `[A-Za-z0-9_.-]` dropped), so the selector matches the name w
 The template's name is `<dra.templatePrefix>-<shape>-<hash of its spec>`: a changed shape or class name is a new
 template, so one is never edited in place and pods made from an old one keep what they were made from. Sharing
 (time-slicing) has no per-pod claim form (pods share a GPU only by naming one ResourceClaim together), so it produces
-no template. Pure.
+no template. `plan_templates` says what the reconciler must create and delete: missing templates are created,
+gpuguard's templates no shape needs are deleted only once no pod names them. Pure.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from gpuguard.policy import mig
 from gpuguard.policy.dra import DRIVER
 from gpuguard.policy.model import Dra, GpuSpec, Policy, Rule
-from gpuguard.policy.podspec import JsonObject
+from gpuguard.policy.podspec import JsonObject, mapping, sequence, spec_of
 from gpuguard.policy.resolve import allocation_for, namespace_mode_and_limits, rule_may_match
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -197,3 +198,60 @@ def _known(key: _Same, namespace: str) -> Mapping[str, JsonObject]:
 def known_claim_specs(policy: Policy, namespace: str) -> Mapping[str, JsonObject]:
     """Template name -> claim spec for every template gpuguard keeps in the namespace (cached per policy object)."""
     return _known(_Same(policy), namespace)
+
+
+# ---------------------------------------------------------------------------------------------------- reconciling
+
+TemplateKey = tuple[str, str]
+"""(namespace, name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TemplatePlan:
+    """What to change so every namespace holds the templates the policy needs there."""
+
+    create: tuple[dict[str, Any], ...] = ()
+    delete: tuple[TemplateKey, ...] = ()
+    """gpuguard's templates no shape needs any more and no pod names."""
+    drifted: tuple[TemplateKey, ...] = ()
+    """gpuguard's templates whose content no longer matches their name (someone edited them): never edited back in
+    place, never deleted while wanted; reported."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.delete)
+
+
+def plan_templates(
+    policy: Policy,
+    *,
+    namespaces: Iterable[str],
+    existing: Mapping[TemplateKey, JsonObject],
+    referenced: Iterable[TemplateKey],
+) -> TemplatePlan:
+    """Create what is missing, delete what is gpuguard's, unneeded and unreferenced.
+
+    `existing` are gpuguard's templates (labelled `app.kubernetes.io/managed-by: gpuguard`) with their claim spec
+    (`spec.spec`); `referenced` the templates pods name in `spec.resourceClaims`, pending pods included.
+    """
+    wanted = {(ns, t["metadata"]["name"]): t for ns in sorted(set(namespaces)) for t in templates_for(policy, ns)}
+    used = set(referenced)
+    create = tuple(t for key, t in wanted.items() if key not in existing)
+    delete = tuple(sorted(k for k in existing if k not in wanted and k not in used))
+    drifted = tuple(sorted(k for k, spec in existing.items() if k in wanted and spec != wanted[k]["spec"]["spec"]))
+    return TemplatePlan(create, delete, drifted)
+
+
+def pod_template_refs(pod: JsonObject) -> frozenset[TemplateKey]:
+    """The ResourceClaimTemplates a pod names (its claims are made from them while it exists)."""
+    metadata = mapping(pod.get("metadata"))
+    namespace = str(metadata.get("namespace") or "default")
+    return frozenset(
+        (namespace, str(name)) for c in sequence(spec_of(pod).get("resourceClaims"))
+        if (name := mapping(c).get("resourceClaimTemplateName"))
+    )
+
+
+def is_managed(template: JsonObject) -> bool:
+    labels = mapping(mapping(template.get("metadata")).get("labels"))
+    return all(labels.get(k) == v for k, v in MANAGED_BY.items())
