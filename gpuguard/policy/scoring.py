@@ -37,6 +37,8 @@ on; a better fit class never scores below a worse one, two nodes in one class wi
 differently, and two nodes with equal utilization but different free slots fall in different classes. Ranking is
 relative to the request's candidates because kube-scheduler only compares nodes within one scheduling cycle, and it
 spends the 11 available levels where the choice is made instead of on absolute values that would all round alike.
+A claim pod scores 0 on nodes whose GPUs are not DRA devices (its claim cannot be allocated there; kube-scheduler's
+DynamicResources plugin normally keeps such nodes from the extender anyway).
 """
 
 from __future__ import annotations
@@ -367,7 +369,14 @@ def _scores(
 
 
 def _feasible(request: GpuRequest, states: Sequence[NodeGpuState]) -> list[int]:
-    """Positions of the states that pass `fit_refusal` (screened cheaply for the common request shape)."""
+    """Positions of the states that pass `fit_refusal` (screened cheaply for the common request shape) and, for a
+    claim pod, whose GPUs are DRA devices: a claim is never allocated from a device plugin's extended resources."""
+    if request.claims:
+        return [i for i in _fitting(request, states) if states[i].dra]
+    return _fitting(request, states)
+
+
+def _fitting(request: GpuRequest, states: Sequence[NodeGpuState]) -> list[int]:
     if len(request.resources) != 1 or request.product_terms:
         return [i for i, s in enumerate(states) if fit_refusal(request, s) is None]
     (resource, count), product, avoid = request.resources[0], request.product, request.avoid_sharing

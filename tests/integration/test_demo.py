@@ -100,3 +100,24 @@ def test_gpuguard_demo_runs_as_a_command_and_points_to_the_helm_install(tmp_path
     assert "DENIED" in result.stdout
     assert "processes stopped cleanly" in result.stdout
     assert "helm install gpuguard charts/gpuguard" in result.stdout
+
+
+def test_the_dra_pool_pod_gets_a_claim_and_lands_on_the_idle_dra_node(demo: DemoResult) -> None:
+    trip = by_name(demo)["qwen2-7b"]
+    assert trip.rule == "dra-pool"
+    assert any(c.startswith("resourceClaim gpu from gpuguard-gpu-1-") for c in trip.changes)
+    assert not any(c.startswith("nvidia.com/") for c in trip.changes)  # a claim, never an extended resource
+    assert trip.node == "h100-dra-b" and trip.scores["h100-dra-b"] > trip.scores["h100-dra-a"]
+    assert set(trip.scores) == {"h100-dra-a", "h100-dra-b"}  # DynamicResources sends only nodes with NVIDIA slices
+    assert demo.workdir is not None
+    objects = ClusterStateFile(demo.workdir / "cluster-state.yaml").load()
+    (claim,) = objects.dra["ResourceClaim"]
+    (result,) = claim["status"]["allocation"]["devices"]["results"]
+    assert result["pool"] == "h100-dra-b" and result["driver"] == "gpu.nvidia.com"
+
+
+def test_device_plugin_pods_never_reach_the_dra_pool(demo: DemoResult) -> None:
+    for trip in demo.trips:
+        if trip.name != "qwen2-7b" and trip.node:
+            assert not trip.node.startswith("h100-dra"), trip.name
+            assert {"h100-dra-a", "h100-dra-b"} <= set(trip.not_sent), trip.name  # a taint or selector keeps them out
