@@ -11,7 +11,7 @@ its devices, and what is held is what allocated claims hold (pods' own requests 
 whose extended resource a DeviceClass maps is counted once, through the claim kube-scheduler made for it).
 
 Nothing here reserves capacity: without a bind verb the scheduler may bind elsewhere, and reservations would go stale
-(domain.md 7.3). Capacity is released the moment the pod's deletion or termination is seen. Single-threaded: sources
+(Project-HAMi/HAMi#2923). Capacity is released the moment the pod's deletion or termination is seen. Single-threaded: sources
 deliver changes on the event loop.
 """
 
