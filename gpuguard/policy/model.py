@@ -217,6 +217,7 @@ class Dra(PolicyModel):
     """How `allocation: dra` shapes become ResourceClaims."""
 
     device_classes: DeviceClasses = DeviceClasses()
+    """The DeviceClasses requests name: `gpu` for whole GPUs, `mig` for MIG devices."""
     claim_name: str = Field(default="gpu", pattern=DNS_LABEL, max_length=63)
     """The pod's `spec.resourceClaims` entry, the model container's `resources.claims` entry and the request name."""
     template_prefix: str = Field(default="gpuguard-gpu", pattern=DNS_LABEL, max_length=40)
