@@ -15,15 +15,34 @@ from typing import Any
 
 import yaml
 
+from gpuguard.cli_support import add_command
 from gpuguard.policy.claim_templates import templates_for
 from gpuguard.policy.loading import PolicyError, default_policy_text, parse_policy
 
 
+TEMPLATES_DESCRIPTION = """
+Print, as a YAML stream of resource.k8s.io/v1 objects, the ResourceClaimTemplates gpuguard keeps in a namespace: one
+per GPU shape the policy can give pods there under allocation: dra (the defaults, every rule that may match there,
+and the counts and MIG profiles users may choose where userOverrides allows). Their names come from their content, so
+the output is what the webhook's templates reconciler creates and what admitted pods' claims name. Offline: no
+cluster is needed.
+
+Exit status: 0 (an empty stream, with a note on standard error, when nothing there gets GPUs through DRA), 1 when
+the policy cannot be read.
+"""
+
+
 def add_dra_parser(commands: Any) -> None:
-    dra = commands.add_parser("dra", help="Dynamic Resource Allocation: what allocation: dra gives pods")
+    dra = commands.add_parser("dra", help="Dynamic Resource Allocation: what allocation: dra gives pods",
+                              description="Show what the policy's allocation: dra gives pods.")
     actions = dra.add_subparsers(dest="dra_command", required=True, metavar="ACTION")
-    templates = actions.add_parser("templates", help="print the ResourceClaimTemplates gpuguard keeps in a namespace")
-    templates.add_argument("--policy", type=Path, help="policy YAML (default: the embedded DESIGN.md example)")
+    templates = add_command(
+        actions, "templates", summary="print the ResourceClaimTemplates gpuguard keeps in a namespace",
+        description=TEMPLATES_DESCRIPTION,
+        examples=["gpuguard dra templates --policy policy.yaml --namespace models",
+                  "gpuguard dra templates --policy policy.yaml -n models | kubectl apply -f -"],
+    )
+    templates.add_argument("--policy", type=Path, help="policy YAML (default: the built-in policy)")
     templates.add_argument("--namespace", "-n", required=True, help="the namespace the templates are for")
     templates.set_defaults(func=templates_command)
 

@@ -15,12 +15,12 @@ import yaml
 from gpuguard.cli import main
 from gpuguard.contracts.extender import parse_args
 from gpuguard.policy import inferenceservice
+from gpuguard.policy.admission import admit
 from gpuguard.policy.gpustate import GpuSample, NodeUtilization
 from gpuguard.policy.loading import parse_policy
 from scheduler_ext.extender import decide_filter_names, decide_priorities_names
 from tests.extender.test_dra import NOW, SCHEDULING, loaded
 from tests.webhook.test_dra_claims import DRA_VERSIONS
-from webhook.offline import admit_pod
 
 POLICY = """\
 apiVersion: gpuguard.io/v1
@@ -80,9 +80,9 @@ def test_an_inferenceservice_gets_a_claim_that_the_extender_places_on_a_dra_node
     policy_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     templates = printed_templates(policy_file, capsys)
-    admitted = admit_pod(inferenceservice.predictor_pod(ISVC), parse_policy(POLICY), namespace="models")
-    assert admitted.verdict is not None and admitted.verdict.decision == "allowed"
-    pod = admitted.obj
+    admitted = admit(inferenceservice.predictor_pod(ISVC), parse_policy(POLICY), namespace="models")
+    assert admitted.problems == ()
+    pod = admitted.pod
     (entry,) = pod["spec"]["resourceClaims"]
     template = next(t for t in templates if t["metadata"]["name"] == entry["resourceClaimTemplateName"])
 
