@@ -15,6 +15,7 @@ from gpuguard import __version__
 from gpuguard.certs_cli import add_certs_parser
 from gpuguard.cli_support import add_log_level_argument, help_text, setup_logging
 from gpuguard.demo.cli import add_demo_parser
+from gpuguard.dra_cli import add_dra_parser
 from gpuguard.simulate.cli import add_simulate_parser
 from gpuguard.policy_cli import add_policy_parser
 from node_agent.cli import add_agent_parser
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_offline_parsers(commands)
     add_extender_parser(commands)
     add_policy_parser(commands)
+    add_dra_parser(commands)
     add_certs_parser(commands)
     add_agent_parser(commands)
     add_demo_parser(commands)

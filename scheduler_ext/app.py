@@ -30,6 +30,7 @@ from gpuguard.contracts.extender import (
     node_name,
     parse_args,
 )
+from gpuguard.policy.dra import policy_classes
 from gpuguard.policy.grouping import placement_of, tiers_for
 from gpuguard.policy.model import Scheduling
 from gpuguard.policy.podspec import mapping
@@ -164,9 +165,10 @@ def _filter(app: web.Application, args: ExtenderArgs) -> FilterOutcome:
     store = _store(app)
     if args.nodes is not None:
         states = store.states_for_objects(args.nodes.items)
-        return decide_filter(args, states, utilization=board, scheduling=scheduling, now=now)
+        return decide_filter(args, states, utilization=board, scheduling=scheduling, now=now, claims=store.claims)
     _require_cache(app)
-    return decide_filter_names(args, store.index, utilization=board, scheduling=scheduling, now=now)
+    return decide_filter_names(args, store.index, utilization=board, scheduling=scheduling, now=now,
+                               claims=store.claims)
 
 
 def _prioritize(app: web.Application, args: ExtenderArgs) -> tuple[list[str], list[int]]:
@@ -177,10 +179,12 @@ def _prioritize(app: web.Application, args: ExtenderArgs) -> tuple[list[str], li
         given = {node_name(n): string_labels(mapping(mapping(n.get("metadata")).get("labels")))
                  for n in args.nodes.items}
         tiers = _group_tiers(store, args, scheduling, lambda name: given.get(name) or store.node_labels(name))
-        return decide_priorities(args, states, utilization=board, scheduling=scheduling, now=now, tiers=tiers)
+        return decide_priorities(args, states, utilization=board, scheduling=scheduling, now=now, tiers=tiers,
+                                 claims=store.claims)
     _require_cache(app)
     tiers = _group_tiers(store, args, scheduling, store.node_labels)
-    return decide_priorities_names(args, store.index, utilization=board, scheduling=scheduling, now=now, tiers=tiers)
+    return decide_priorities_names(args, store.index, utilization=board, scheduling=scheduling, now=now, tiers=tiers,
+                                   claims=store.claims)
 
 
 def _group_tiers(
@@ -196,9 +200,11 @@ def _group_tiers(
 
 
 def _store(app: web.Application) -> InventoryStore:
-    """The node cache, its MIG layouts resolved through the catalog of the policy in force."""
-    store = app[keys.STORE]
-    store.use_catalog(app[keys.POLICY].policy.catalog)
+    """The node cache, its MIG layouts resolved through the catalog of the policy in force, claims read through its
+    DeviceClass names."""
+    store, policy = app[keys.STORE], app[keys.POLICY].policy
+    store.use_catalog(policy.catalog)
+    store.dra.use_classes(policy_classes(policy))
     return store
 
 

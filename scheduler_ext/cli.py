@@ -54,6 +54,10 @@ def add_extender_arguments(parser: argparse.ArgumentParser) -> None:
                         help="watch Nodes and Pods with this kubeconfig")
     source.add_argument("--in-cluster", action="store_true", help="watch Nodes and Pods with the service account")
     parser.add_argument(
+        "--watch-dra", action="store_true", default=env_default("WATCH_DRA", "") == "true",
+        help="also watch ResourceSlices, ResourceClaims and ResourceClaimTemplates (a DRA cluster, Kubernetes 1.34+)",
+    )
+    parser.add_argument(
         "--state-interval", type=float, default=float(env_default("STATE_INTERVAL", "1") or 1), metavar="SECONDS",
         help="seconds between checks of --cluster-state for changes (default 1)",
     )
@@ -83,6 +87,7 @@ def settings_from_args(args: argparse.Namespace) -> ExtenderSettings:
         cluster_state=args.cluster_state,
         kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster,
+        watch_dra=args.watch_dra,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         state_interval=args.state_interval,

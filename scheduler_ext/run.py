@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 
 from gpuguard.k8s.client import ClusterConfigError, api_client
+from gpuguard.k8s.cluster_state import DRA_KINDS
 from gpuguard.k8s.watch import ClusterWatch
 from gpuguard.policy.loading import PolicyError
 from gpuguard.web import serving
@@ -84,7 +85,10 @@ def _background(
         contexts.append(lambda _: file_source.running(settings.state_interval))
     elif settings.watches_cluster:
         api = api_client(kubeconfig=settings.kubeconfig, in_cluster=settings.in_cluster)
-        watch_source = WatchSource(lambda handler: ClusterWatch(api, handler), store, on_loaded=loaded)
+        if settings.watch_dra:
+            store.dra_pending = set(DRA_KINDS)
+        watch_source = WatchSource(lambda handler: ClusterWatch(api, handler, dra=settings.watch_dra), store,
+                                   on_loaded=loaded)
         contexts.append(lambda _: watch_source.running())
     if settings.prometheus_url:
         poller = PrometheusPoller(

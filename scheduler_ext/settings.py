@@ -48,6 +48,9 @@ class ExtenderSettings:
     """A YAML/JSON list of Node and Pod objects standing in for the API server, re-read when it changes."""
     kubeconfig: Path | None = None
     in_cluster: bool = False
+    watch_dra: bool = False
+    """Also watch ResourceSlices, ResourceClaims and ResourceClaimTemplates (resource.k8s.io/v1, Kubernetes 1.34+):
+    on a DRA cluster. Off by default: an API server without that group would keep the cache from ever syncing."""
     metrics_port: int | None = None
     metrics_host: str | None = None
     """Address of the separate metrics port; None: the same as `host`. A sidecar answers the scheduler on loopback

@@ -19,7 +19,8 @@ import contextlib
 import datetime
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
 from aiohttp import web
@@ -59,6 +60,7 @@ def create_app(
     registry: CollectorRegistry,
     certificate: ReloadingCertificate | None = None,
     serve_metrics: bool = False,
+    background: Sequence[Callable[[web.Application], AbstractAsyncContextManager[None]]] = (),
 ) -> web.Application:
     """The HTTPS admission app. `serve_metrics` also mounts /metrics here (tests; normally a separate port)."""
     app = web.Application(client_max_size=settings.max_body_bytes)
@@ -75,6 +77,7 @@ def create_app(
     if certificate is not None:
         metrics.certificate_expiry.set_function(lambda: certificate.not_after.timestamp())
         app.cleanup_ctx.append(lambda _: _watch_certificate(certificate, metrics, settings.reload_interval))
+    app.cleanup_ctx.extend(background)
     return app
 
 

@@ -7,6 +7,8 @@ every subcommand on each start, and the node agent's DaemonSet must not carry ai
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +62,17 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer when the decision itself fails (default allow, with a warning)",
     )
     add_connection_arguments(parser, defaults=ConnectionLimits(), tls=True)
+    parser.add_argument(
+        "--claim-templates", action="store_true", default=env_default("CLAIM_TEMPLATES", "") == "true",
+        help="keep gpuguard's ResourceClaimTemplates in every namespace in scope (allocation: dra; leader-elected)",
+    )
+    parser.add_argument("--kubeconfig", type=Path, default=env_default("KUBECONFIG_FILE"),
+                        help="API access for --claim-templates")
+    parser.add_argument("--in-cluster", action="store_true", help="API access for --claim-templates: the service account")
+    parser.add_argument(
+        "--exclude-namespaces", default=env_default("EXCLUDE_NAMESPACES", ""), metavar="NS,NS",
+        help="namespaces outside the webhook's scope besides --namespace and kube-system (comma-separated)",
+    )
     parser.set_defaults(func=run_webhook)
 
 
@@ -131,6 +144,11 @@ def settings_from_args(args: argparse.Namespace) -> WebhookSettings:
         metrics_port=args.metrics_port,
         on_internal_error=args.on_internal_error,
         connections=limits_from_args(args, ConnectionLimits()),
+        claim_templates=args.claim_templates,
+        kubeconfig=args.kubeconfig,
+        in_cluster=args.in_cluster,
+        exclude_namespaces=tuple(n.strip() for n in args.exclude_namespaces.split(",") if n.strip()),
+        identity=os.environ.get("POD_NAME") or socket.gethostname(),
     )
 
 
@@ -157,7 +175,17 @@ def run_webhook(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"gpuguard webhook: {error}", file=sys.stderr)
         return 2
-    app = create_app(settings, policy=policy, registry=registry, certificate=certificate)
+    background = []
+    if settings.claim_templates:
+        from gpuguard.k8s.client import ClusterConfigError
+        from webhook.templates import claim_templates_context
+
+        try:
+            background.append(claim_templates_context(settings, policy))
+        except (ClusterConfigError, ValueError) as error:
+            print(f"gpuguard webhook: --claim-templates: {error}", file=sys.stderr)
+            return 2
+    app = create_app(settings, policy=policy, registry=registry, certificate=certificate, background=background)
     limits = settings.connections
     listeners = [serving.Listener(app, settings.host, settings.port, certificate.context, "admission", limits)]
     if settings.metrics_port:

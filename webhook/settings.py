@@ -34,3 +34,12 @@ class WebhookSettings:
     max_body_bytes: int = MAX_BODY_BYTES
     connections: ConnectionLimits = ConnectionLimits()
     """Timeouts and the connection bound of both listeners (the metrics port holds at most 64 connections)."""
+    claim_templates: bool = False
+    """Keep gpuguard's ResourceClaimTemplates in every namespace in scope (policies with `allocation: dra`); needs
+    `kubeconfig` or `in_cluster`. Replicas elect one writer through a Lease in `namespace`."""
+    kubeconfig: Path | None = None
+    in_cluster: bool = False
+    exclude_namespaces: tuple[str, ...] = ()
+    """Namespaces outside the webhook's scope (besides `namespace` and kube-system), as its namespaceSelector says."""
+    identity: str = ""
+    """This replica's name in the Lease (the pod name)."""

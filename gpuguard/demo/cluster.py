@@ -1,11 +1,14 @@
-"""The demo's built-in cluster: six nodes written as a cluster-state file, and fake GPUs for their node agents.
+"""The demo's built-in cluster: eight nodes written as a cluster-state file, and fake GPUs for their node agents.
 
 Two H100 nodes under the MIG "mixed" strategy (each: one GPU in the GPU Operator's all-balanced layout, one in
 all-1g.10gb, two whole GPUs), the first busy and the second nearly idle; two A100 nodes with whole GPUs, again one busy
-and one idle; one T4 node that the default policy time-slices four ways; and one CPU-only node. The labels and
-allocatable resources are what GPU Feature Discovery and the NVIDIA device plugin publish for such nodes, so the
-extender reads them exactly as it would in a cluster; the fake GPU files follow the node-annotation schema the agents
-report from. Pure data: the caller writes the files.
+and one idle; one T4 node that the default policy time-slices four ways; one CPU-only node; and a DRA node pool of
+two nodes (one busy, one idle), whose H100s the NVIDIA DRA driver publishes as a ResourceSlice (`resource_slice`) instead of
+allocatable, tainted so that only pods of the `dra-pool` namespace (the demo's policy gives them ResourceClaims)
+tolerate it. The labels and allocatable resources are what GPU Feature Discovery and the NVIDIA device plugin publish
+for such nodes, the slice what the DRA driver publishes (NVIDIA/k8s-dra-driver-gpu
+cmd/gpu-kubelet-plugin/deviceinfo.go), so the extender reads them exactly as it would in a cluster; the fake GPU
+files follow the node-annotation schema the agents report from. Pure data: the caller writes the files.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 A100 = "NVIDIA-A100-SXM4-80GB"
 T4 = "Tesla-T4"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+DRA_TAINT = {"key": "gpuguard.io/dra-pool", "value": "true", "effect": "NoSchedule"}
+DRA_NAMESPACE = "dra-pool"
 
 # (profile, start) placements of the GPU Operator's all-balanced and all-1g.10gb layouts on an 80 GB H100.
 BALANCED = (("2g.20gb", 0), ("1g.10gb", 2), ("1g.10gb", 3), ("3g.40gb", 4))
@@ -49,6 +54,8 @@ class DemoNode:
     gpus: tuple[Gpu, ...] = ()
     extra_labels: dict[str, str] = field(default_factory=dict)
     shared_replicas: int = 1
+    dra: bool = False
+    """Its GPUs come from the NVIDIA DRA driver's ResourceSlice, not from allocatable."""
 
 
 def _h100(util: tuple[float, float], busy_balanced: tuple[bool, ...], busy_1g: tuple[bool, ...]) -> tuple[Gpu, ...]:
@@ -68,6 +75,11 @@ def _a100(utils: tuple[float, ...]) -> tuple[Gpu, ...]:
                      power_w=60 + 3.3 * u) for u in utils)
 
 
+def _dra_h100(utils: tuple[float, ...]) -> tuple[Gpu, ...]:
+    return tuple(Gpu(H100, "NVIDIA H100 80GB HBM3", 81559, util_percent=u, temperature_c=38 + u / 3,
+                     power_w=90 + 5 * u, power_limit_w=700) for u in utils)
+
+
 NODES: tuple[DemoNode, ...] = (
     DemoNode("h100-mig-a", "4x H100 80GB, MIG mixed, whole GPUs busy",
              _h100((85, 90), (True, True, False, True), (True, True, True, False, False, False, False))),
@@ -80,6 +92,10 @@ NODES: tuple[DemoNode, ...] = (
              extra_labels={"nvidia.com/gpu.sharing-strategy": "time-slicing", "nvidia.com/gpu.replicas": "4"},
              shared_replicas=4),
     DemoNode("cpu-1", "CPU only"),
+    DemoNode("h100-dra-a", "2x H100 80GB, NVIDIA DRA driver (ResourceSlice, no device plugin), busy",
+             _dra_h100((80, 92)), dra=True),
+    DemoNode("h100-dra-b", "2x H100 80GB, NVIDIA DRA driver (ResourceSlice, no device plugin), idle",
+             _dra_h100((10, 3)), dra=True),
 )
 
 
@@ -89,9 +105,9 @@ def node_object(node: DemoNode) -> dict[str, Any]:
     labels = {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", **node.extra_labels}
     spec: dict[str, Any] = {}
     if node.gpus:
-        allocatable.update(_gpu_allocatable(node))
+        allocatable.update({} if node.dra else _gpu_allocatable(node))
         labels.update(_gpu_labels(node))
-        spec["taints"] = [GPU_TAINT]
+        spec["taints"] = [GPU_TAINT, DRA_TAINT] if node.dra else [GPU_TAINT]
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -134,7 +150,7 @@ def _fake_gpu(node: str, index: int, gpu: Gpu) -> dict[str, Any]:
     used = 0 if gpu.util_percent is None else int(gpu.memory_mib * min(gpu.util_percent, 90) / 100)
     entry: dict[str, Any] = {
         "index": index,
-        "uuid": f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{node}/{index}')}",
+        "uuid": gpu_uuid(node, index),
         "product": gpu.product,
         "name": gpu.name,
         "memoryMiB": gpu.memory_mib,
@@ -151,6 +167,34 @@ def _fake_gpu(node: str, index: int, gpu: Gpu) -> dict[str, Any]:
             for (profile, start), busy in zip(gpu.mig, gpu.busy, strict=True)
         ]}
     return entry
+
+
+def gpu_uuid(node: str, index: int) -> str:
+    return f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{node}/{index}')}"
+
+
+def resource_slice(node: DemoNode) -> dict[str, Any]:
+    """The ResourceSlice the NVIDIA DRA driver publishes for a DRA node's whole GPUs (one pool, named as the node)."""
+    devices = [{
+        "name": f"gpu-{index}",
+        "attributes": {
+            "type": {"string": "gpu"},
+            "uuid": {"string": gpu_uuid(node.name, index)},
+            "productName": {"string": gpu.name},
+            "brand": {"string": "Nvidia"},
+            "architecture": {"string": "Hopper" if gpu.product == H100 else "Ampere"},
+            "cudaComputeCapability": {"version": "9.0.0" if gpu.product == H100 else "8.0.0"},
+            "driverVersion": {"version": "550.54.15"},
+        },
+        "capacity": {"memory": {"value": f"{gpu.memory_mib}Mi"}},
+    } for index, gpu in enumerate(node.gpus)]
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": f"{node.name}-gpu.nvidia.com"},
+        "spec": {"driver": "gpu.nvidia.com", "nodeName": node.name,
+                 "pool": {"name": node.name, "generation": 1, "resourceSliceCount": 1}, "devices": devices},
+    }
 
 
 def _mig_device(node: str, index: int, profile: str, start: int, busy: bool) -> dict[str, Any]:

@@ -26,8 +26,8 @@ import jsonpatch
 
 from gpuguard.contracts.admission import AdmissionResponse, decode_patch
 from gpuguard.contracts.extender import ExtenderFilterResult, HostPriorityList
-from gpuguard.k8s.cluster_state import ClusterStateFile
-from gpuguard.policy import podspec
+from gpuguard.k8s.cluster_state import ClusterObjects, ClusterStateFile
+from gpuguard.policy import dra, podspec
 from gpuguard.policy.resources import is_gpu_resource
 from gpuguard.policy.workload import model_container_of
 
@@ -113,7 +113,14 @@ def describe_patch(ops: Sequence[Mapping[str, Any]]) -> list[str]:
     described: list[str] = []
     for op in ops:
         path, value = str(op["path"]), op["value"]
-        if "/resources" in path:
+        if path.startswith("/spec/resourceClaims"):
+            items = value if isinstance(value, list) else [value]
+            described += [f"resourceClaim {c.get('name')} from {c.get('resourceClaimTemplateName')}" for c in items]
+        elif "/resources" in path and "claims" in path.rsplit("/resources", 1)[1]:
+            continue  # the model container's reference to the claim just described
+        elif "/resources" in path and isinstance(value, dict) and "claims" in value:
+            continue
+        elif "/resources" in path:
             limits = value.get("limits", value) if isinstance(value, dict) else {path.rsplit("/", 1)[-1]: value}
             described += [f"{_unescape(k)}: {v}" for k, v in limits.items() if is_gpu_resource(_unescape(k))]
         elif path.startswith("/spec/tolerations"):
@@ -158,9 +165,14 @@ def named(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
     return stored
 
 
-def scheduler_candidates(pod: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, str]]:
-    """kube-scheduler's own NodeAffinity (nodeSelector) and TaintToleration filters, which run before the extender."""
+def scheduler_candidates(
+    pod: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]], *, dra_nodes: frozenset[str] = frozenset()
+) -> tuple[list[str], dict[str, str]]:
+    """kube-scheduler's own NodeAffinity (nodeSelector) and TaintToleration filters, which run before the extender,
+    and its DynamicResources filter, as far as it matters here: a claim pod only goes to nodes with NVIDIA devices
+    in a ResourceSlice (`dra_nodes`)."""
     spec = podspec.spec_of(pod)
+    claims = bool(podspec.sequence(spec.get("resourceClaims")))
     selector = podspec.mapping(spec.get("nodeSelector"))
     tolerations = [t for t in podspec.sequence(spec.get("tolerations")) if isinstance(t, dict)]
     kept: list[str] = []
@@ -177,6 +189,8 @@ def scheduler_candidates(pod: Mapping[str, Any], nodes: Sequence[Mapping[str, An
             dropped[name] = "required node affinity"
         elif untolerated:
             dropped[name] = f"taint {untolerated[0]}"
+        elif claims and name not in dra_nodes:
+            dropped[name] = "no NVIDIA devices in a ResourceSlice (DynamicResources)"
         else:
             kept.append(name)
     return kept, dropped
@@ -238,11 +252,59 @@ async def schedule(session: aiohttp.ClientSession, endpoints: Endpoints, pod: di
 
 
 def bind(state: ClusterStateFile, pod: dict[str, Any], node: str) -> None:
-    """What the default binder's Binding amounts to, plus the kubelet starting the pod."""
+    """What the default binder's Binding amounts to, plus the kubelet starting the pod; for a claim pod, first what
+    kube-scheduler's DynamicResources plugin does: the claim made from its template, allocated on that node."""
     bound = copy.deepcopy(pod)
     bound["spec"]["nodeName"] = node
     bound["status"] = {"phase": "Running"}
+    claims = allocated_claims(state.load(), bound, node)
+    for claim in claims:
+        state.put(claim)
+    if claims:
+        bound["status"]["resourceClaimStatuses"] = [
+            {"name": c["metadata"]["annotations"][POD_CLAIM_ANNOTATION], "resourceClaimName": c["metadata"]["name"]}
+            for c in claims]
     state.put(bound)
+
+
+POD_CLAIM_ANNOTATION = "resource.kubernetes.io/pod-claim-name"
+"""The annotation the resourceclaim controller puts on a claim it made for a pod's `spec.resourceClaims` entry."""
+
+
+def allocated_claims(objects: ClusterObjects, pod: Mapping[str, Any], node: str) -> list[dict[str, Any]]:
+    """One ResourceClaim per template-made claim of the pod, allocated on free NVIDIA devices of the node."""
+    metadata = podspec.mapping(pod.get("metadata"))
+    namespace, name = str(metadata.get("namespace") or "default"), str(metadata.get("name") or "")
+    templates = {(t["metadata"].get("namespace"), t["metadata"]["name"]): t
+                 for t in objects.dra.get("ResourceClaimTemplate", [])}
+    held = {k for c in objects.dra.get("ResourceClaim", []) for k in dra.allocated_devices(c)}
+    devices = [d for s in objects.dra.get("ResourceSlice", []) if (f := dra.slice_facts(s)) and f.node == node
+               for d in f.devices]
+    claims = []
+    for entry in map(podspec.mapping, podspec.sequence(podspec.spec_of(pod).get("resourceClaims"))):
+        template = templates.get((namespace, entry.get("resourceClaimTemplateName")))
+        if template is None:
+            continue
+        spec = template["spec"]["spec"]
+        results = []
+        for request in spec["devices"]["requests"]:
+            wanted = dra.claim_shape({"devices": {"requests": [request]}})
+            for resource, count in wanted.resources:
+                kind, profile = ("gpu", "") if resource == "nvidia.com/gpu" else ("mig", resource.split("mig-", 1)[1])
+                free = [d for d in devices if d.kind == kind and d.key not in held and (not profile or d.profile == profile)]
+                for device in free[:count]:
+                    held.add(device.key)
+                    results.append({"request": request["name"], "driver": dra.DRIVER, "pool": device.pool,
+                                    "device": device.name})
+        claims.append({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"namespace": namespace, "name": f"{name}-{entry.get('name')}",
+                         "annotations": {POD_CLAIM_ANNOTATION: str(entry.get("name"))}},
+            "spec": spec,
+            "status": {"allocation": {"devices": {"results": results}},
+                       "reservedFor": [{"resource": "pods", "name": name, "uid": str(metadata.get("uid") or name)}]},
+        })
+    return claims
 
 
 async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float | None:

@@ -3,7 +3,8 @@
 InferenceService predictor pods, and the prefill and decode pods of one LLMInferenceService (llm-d: the decode pod
 with its routing sidecar, labelled by KServe's LLMInferenceService controller as `gpuguard.policy.workload`
 describes). Few of them say anything about GPUs, and one gets it wrong: that is the point. Two carry the label their
-owners put on small GPU models; one runs a CPU-only server and must get no GPU at all. Pure data.
+owners put on small GPU models; one runs a CPU-only server and must get no GPU at all; one runs in
+the namespace of the DRA node pool, where the demo's policy gives GPUs as ResourceClaims. Pure data.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ PODS: tuple[DemoPod, ...] = (
     DemoPod("mixtral-8x7b", "research", "asks for 2 A100s",
             "kserve/huggingfaceserver:v0.14.0", args=("--model_name=mixtral", "--model_dir=/mnt/models"),
             annotations={"gpuguard.io/gpu-count": "2", "gpuguard.io/gpu-product": "NVIDIA-A100-SXM4-80GB"}),
+    DemoPod("qwen2-7b", "dra-pool", "vLLM on the DRA node pool",
+            "vllm/vllm-openai:v0.6.3", command=("python3", "-m", "vllm.entrypoints.openai.api_server"),
+            args=("--model=/mnt/models", "--port=8080")),
     DemoPod("tiny-bert", "models", "asks for half a GPU",
             "pytorch/torchserve-kfs:0.9.0", args=("torchserve", "--start", "--model-store=/mnt/models"),
             limits={"nvidia.com/gpu": "0.5"}),

@@ -57,7 +57,9 @@ def _verdict(trip: Trip) -> tuple[str, str, str]:
         reasons = "; ".join(f"{n}: {r}" for n, r in trip.refused.items()) or trip.error
         return "PENDING", "-", reasons
     # Utilization only decides among whole GPUs; MIG instances report none (NVML cannot measure them).
-    busy = busy_percent if any(c.startswith("nvidia.com/gpu:") for c in trip.changes + trip.asked) else _nothing
+    whole = any(c.startswith("nvidia.com/gpu:") or (c.startswith("resourceClaim ") and "-mig-" not in c)
+                for c in trip.changes + trip.asked)
+    busy = busy_percent if whole else _nothing
     others = [f"{name} {score}{busy(name)}" for name, score in list(trip.scores.items())[1:]]
     why = f"score {trip.scores[trip.node]}{busy(trip.node)}" + (
         f" vs {', '.join(others)}" if others else " (the only node that fits)")

@@ -1,6 +1,7 @@
 """`gpuguard demo`: the whole flow on one machine, no cluster, no GPU.
 
-Writes the built-in cluster to a cluster-state file, starts the webhook (self-signed TLS), one node agent per GPU node
+Writes the built-in cluster (with its DRA pool's ResourceSlice and the ResourceClaimTemplates the templates reconciler
+would keep there) to a cluster-state file, starts the webhook (self-signed TLS), one node agent per GPU node
 (fake GPUs) and, if a `prometheus` binary is on PATH, a real Prometheus scraping the agents; once every agent has
 published its inventory it starts the extender on the same file (and Prometheus, when there is one). Then each demo
 pod goes through admission and scheduling (`gpuguard.demo.flow`) and is bound, and every process is stopped.
@@ -31,7 +32,9 @@ from gpuguard.demo.services import (
     wait_ready,
 )
 from gpuguard.k8s.cluster_state import ClusterStateFile
+from gpuguard.policy.claim_templates import templates_for
 from gpuguard.policy.gpustate import gpu_request
+from gpuguard.policy.loading import default_policy_text, parse_policy
 from gpuguard.web.tls import default_sans, ensure_self_signed
 
 DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
@@ -94,8 +97,14 @@ async def _workdir(chosen: Path | None) -> AsyncIterator[Path]:
 
 async def _start(stage: _Stage, settings: DemoSettings, *, use_prometheus: bool, say: Say) -> flow.Endpoints:
     workdir = stage.workdir
+    policy = workdir / "policy.yaml"
+    policy.write_text(demo_policy_text())
     nodes = [cluster.node_object(node) for node in cluster.NODES]
-    stage.state.path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": nodes}))
+    slices = [cluster.resource_slice(node) for node in cluster.NODES if node.dra]
+    # What the templates reconciler keeps in the DRA pool's namespace.
+    templates = templates_for(parse_policy(policy.read_text()), cluster.DRA_NAMESPACE)
+    items = [*nodes, *slices, *templates]
+    stage.state.path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
     tls = ensure_self_signed(workdir / "tls", default_sans("gpuguard-webhook", "gpuguard"))
     webhook_tls = ssl.create_default_context(cafile=str(tls.ca_cert))
     webhook = _webhook(workdir, webhook_tls)
@@ -121,6 +130,18 @@ async def _start(stage: _Stage, settings: DemoSettings, *, use_prometheus: bool,
     return endpoints
 
 
+def demo_policy_text() -> str:
+    """The default policy with one rule in front: pods of the DRA pool's namespace get their GPU as a ResourceClaim
+    and tolerate the pool's taint."""
+    document = yaml.safe_load(default_policy_text())
+    tolerations = [*document["defaults"]["tolerations"],
+                   {"key": cluster.DRA_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}]
+    rule = {"name": "dra-pool", "match": {"namespaces": [cluster.DRA_NAMESPACE]}, "allocation": "dra",
+            "tolerations": tolerations}
+    document["rules"] = [rule, *document["rules"]]
+    return yaml.safe_dump(document, sort_keys=False)
+
+
 async def _launch(stage: _Stage, services: Sequence[Service], settings: DemoSettings) -> None:
     for service in services:
         stage.services.append(service)
@@ -131,6 +152,7 @@ async def _launch(stage: _Stage, services: Sequence[Service], settings: DemoSett
 def _webhook(workdir: Path, context: ssl.SSLContext) -> Service:
     port = free_port()
     argv = python_module("webhook", "--log-level", "WARNING", "--host", "127.0.0.1", "--port", str(port),
+                         "--policy", str(workdir / "policy.yaml"),
                          "--self-signed", str(workdir / "tls"), "--service-name", "gpuguard-webhook",
                          "--namespace", "gpuguard", "--metrics-port", "0")
     return Service("webhook", argv, f"https://127.0.0.1:{port}/readyz", workdir / "webhook.log", context)
@@ -162,6 +184,7 @@ def _prometheus(workdir: Path, agents: Sequence[Service]) -> Service:
 def _extender(workdir: Path, state: Path, prometheus: Service | None) -> Service:
     port = free_port()
     argv = python_module("scheduler_ext", "--log-level", "WARNING", "--host", "127.0.0.1", "--port", str(port),
+                         "--policy", str(workdir / "policy.yaml"),
                          "--cluster-state", str(state), "--state-interval", "0.1")
     if prometheus is not None:
         argv += ["--prometheus-url", prometheus.ready_url.removesuffix("/-/ready"), "--prometheus-interval", "1"]
@@ -200,6 +223,7 @@ def _time_slicing_label(state: ClusterStateFile) -> str:
 
 async def _schedule_all(stage: _Stage, endpoints: flow.Endpoints, settings: DemoSettings, *, say: Say) -> list[flow.Trip]:
     nodes = list(stage.state.load().nodes.values())
+    dra_nodes = frozenset(node.name for node in cluster.NODES if node.dra)
     trips: list[flow.Trip] = []
     bound = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.timeout)) as session:
@@ -210,7 +234,7 @@ async def _schedule_all(stage: _Stage, endpoints: flow.Endpoints, settings: Demo
             if trip.denied:
                 continue
             pod = flow.named(stored, demo_pod.namespace)
-            names, trip.not_sent = flow.scheduler_candidates(pod, nodes)
+            names, trip.not_sent = flow.scheduler_candidates(pod, nodes, dra_nodes=dra_nodes)
             await flow.schedule(session, endpoints, pod, names, trip)
             if not trip.node:
                 continue

@@ -1,7 +1,8 @@
-"""A YAML or JSON file of Node, Pod and ConfigMap objects that stands in for the API server.
+"""A YAML or JSON file of Node, Pod, ConfigMap and DRA objects that stands in for the API server.
 
 `--cluster-state FILE` lets the demo, the simulator, dry runs and tests run every service without a cluster: the
-extender reads nodes and pods from it, node agents write their inventory annotation, labels and the time-slicing
+extender reads nodes and pods from it (and, on a DRA cluster, ResourceSlices, ResourceClaims and
+ResourceClaimTemplates), node agents write their inventory annotation, labels and the time-slicing
 ConfigMap into it, and the demo binds pods into it. The file is a list of objects or a `kind: List`. Writers take
 an exclusive lock on `FILE.lock` and replace the file atomically, so concurrent agents never lose each other's
 updates and readers never see half a file.
@@ -17,11 +18,14 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 JsonDict = dict[str, Any]
+DraKind = Literal["ResourceSlice", "ResourceClaim", "ResourceClaimTemplate"]
+DRA_KINDS: tuple[DraKind, ...] = ("ResourceSlice", "ResourceClaim", "ResourceClaimTemplate")
+"""resource.k8s.io/v1 (Kubernetes 1.34+): what the extender models DRA nodes and claim shapes from."""
 
 
 class ClusterStateError(ValueError):
@@ -34,6 +38,8 @@ class ClusterObjects:
     pods: list[JsonDict] = field(default_factory=list)
     config_maps: dict[tuple[str, str], JsonDict] = field(default_factory=dict)
     """Keyed by (namespace, name)."""
+    dra: dict[str, list[JsonDict]] = field(default_factory=dict)
+    """ResourceSlice, ResourceClaim and ResourceClaimTemplate objects, by kind."""
 
 
 def parse_objects(text: str) -> list[JsonDict]:
@@ -66,6 +72,8 @@ def group_objects(items: list[JsonDict]) -> ClusterObjects:
             objects.nodes[str(metadata.get("name", ""))] = item
         elif item["kind"] == "Pod":
             objects.pods.append(item)
+        elif item["kind"] in DRA_KINDS:
+            objects.dra.setdefault(item["kind"], []).append(item)
         elif item["kind"] == "ConfigMap":
             objects.config_maps[(str(metadata.get("namespace", "default")), str(metadata.get("name", "")))] = item
     return objects

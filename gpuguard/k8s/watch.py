@@ -1,4 +1,5 @@
-"""List-then-watch of Nodes and Pods through the kubernetes client, delivered as plain dicts to a handler.
+"""List-then-watch of Nodes, Pods, Namespaces and (on DRA clusters) ResourceSlices, ResourceClaims and
+ResourceClaimTemplates through the kubernetes client, delivered as plain dicts to a handler.
 
 The informer pattern without the informer: each kind runs in its own thread, LISTs in pages (raw JSON, no model
 deserialization: the extender reads a handful of fields from thousands of objects), hands the full list to
@@ -25,9 +26,11 @@ from typing import Any, Literal, Protocol
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
+from gpuguard.k8s.cluster_state import DRA_KINDS, DraKind
+
 log = logging.getLogger(__name__)
 
-Kind = Literal["Node", "Pod"]
+Kind = Literal["Node", "Pod", "Namespace"] | DraKind
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 JsonDict = dict[str, Any]
 
@@ -66,8 +69,7 @@ class KindWatcher:
         self.kind = kind
         self._handler = handler
         self._settings = settings
-        core = client.CoreV1Api(api)
-        self._list: Callable[..., Any] = core.list_node if kind == "Node" else core.list_pod_for_all_namespaces
+        self._list: Callable[..., Any] = _lister(api, kind)
         self._selector = settings.pod_field_selector if kind == "Pod" else ""
         self._stopped = threading.Event()
         self._response: Any = None
@@ -144,6 +146,19 @@ class KindWatcher:
         return new_version
 
 
+def _lister(api: client.ApiClient, kind: Kind) -> Callable[..., Any]:
+    core, dra = client.CoreV1Api(api), client.ResourceV1Api(api)
+    listers: dict[Kind, Callable[..., Any]] = {
+        "Node": core.list_node,
+        "Pod": core.list_pod_for_all_namespaces,
+        "Namespace": core.list_namespace,
+        "ResourceSlice": dra.list_resource_slice,
+        "ResourceClaim": dra.list_resource_claim_for_all_namespaces,
+        "ResourceClaimTemplate": dra.list_resource_claim_template_for_all_namespaces,
+    }
+    return listers[kind]
+
+
 def _interrupt(response: Any) -> None:
     """Wake the watch thread blocked reading `response`: shutting the socket down makes its read return at once
     (closing the response from this thread instead would wait for the reader's lock)."""
@@ -159,12 +174,13 @@ def _brief(error: Exception) -> str:
 
 
 class ClusterWatch:
-    """Nodes and bound Pods, each in its own `KindWatcher`."""
+    """Nodes and bound Pods, and with `dra` the DRA kinds, each in its own `KindWatcher`."""
 
     def __init__(
-        self, api: client.ApiClient, handler: WatchHandler, *, settings: WatchSettings = WatchSettings()
+        self, api: client.ApiClient, handler: WatchHandler, *, settings: WatchSettings = WatchSettings(),
+        dra: bool = False,
     ) -> None:
-        kinds: tuple[Kind, ...] = ("Node", "Pod")
+        kinds: tuple[Kind, ...] = ("Node", "Pod", *(DRA_KINDS if dra else ()))
         self._watchers = [KindWatcher(api, kind, handler, settings=settings) for kind in kinds]
 
     def start(self) -> None:

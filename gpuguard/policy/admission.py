@@ -9,12 +9,14 @@ InferenceService is told is exactly what its pods will be told. Pure: JSON in, v
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonpatch
 
 from gpuguard.policy import multinode, podspec
+from gpuguard.policy.claim_templates import known_claim_specs
 from gpuguard.policy.demand import GpuDemand
 from gpuguard.policy.model import Policy
 from gpuguard.policy.mutation import MutationPlan, plan_pod
@@ -34,6 +36,9 @@ class PodView:
     demand: GpuDemand
     workload: Workload | None = None
     """The KServe workload the pod belongs to (None for pods outside KServe's)."""
+    templates: Mapping[str, JsonObject] = field(default_factory=dict)
+    """The ResourceClaimTemplates whose content is known (gpuguard's own in this namespace), when the pod has
+    claims: validation judges the claims made from them."""
 
 
 def view(pod: JsonObject, policy: Policy, *, namespace: str) -> PodView:
@@ -43,7 +48,9 @@ def view(pod: JsonObject, policy: Policy, *, namespace: str) -> PodView:
         policy, namespace=namespace, runtime=runtime, labels=podspec.labels_of(pod),
         annotations=podspec.annotations_of(pod), workload=found,
     )
-    return PodView(effective, runtime, pod_demand_under(pod, effective), found)
+    claims = podspec.sequence(podspec.spec_of(pod).get("resourceClaims"))
+    templates = known_claim_specs(policy, namespace) if claims else {}
+    return PodView(effective, runtime, pod_demand_under(pod, effective), found, templates)
 
 
 def pod_runtime(pod: JsonObject) -> Runtime:
@@ -56,7 +63,7 @@ def plan(pod: JsonObject, seen: PodView) -> MutationPlan:
 
 
 def problems(pod: JsonObject, seen: PodView) -> list[Problem]:
-    found = pod_problems(pod, seen.effective, seen.demand)
+    found = pod_problems(pod, seen.effective, seen.demand, seen.templates)
     counts_left_to_owner = bool(seen.demand.owner) and seen.effective.external.validation == "deviceAccess"
     if seen.workload is not None and not counts_left_to_owner:
         found += multinode.stated_problems(model_container_of(pod), seen.demand)

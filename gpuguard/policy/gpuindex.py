@@ -47,6 +47,8 @@ class GpuIndex:
         self._sharing: dict[str, set[str]] = {}
         """sharing-strategy label value -> names (nodes without the label are not listed)."""
         self._single: set[str] = set()
+        self._dra: set[str] = set()
+        """Nodes whose GPUs are DRA devices (the only ones a claim pod scores on)."""
         self._floors: list[tuple[float, str]] = []
         """(reported whole-GPU floor, name), sorted: nodes whose agent annotation shows busy whole GPUs."""
         self._ceilings: list[tuple[float, str]] = []
@@ -66,6 +68,10 @@ class GpuIndex:
         """Nodes on the MIG `single` strategy (their `nvidia.com/gpu` are MIG devices)."""
         return self._single
 
+    @property
+    def dra_nodes(self) -> set[str]:
+        return self._dra
+
     def get(self, name: str) -> NodeGpuState | None:
         return self.states.get(name)
 
@@ -83,6 +89,8 @@ class GpuIndex:
             self._sharing.setdefault(state.sharing, set()).add(name)
         if state.mig_single:
             self._single.add(name)
+        if state.dra:
+            self._dra.add(name)
         if state.reported is not None:
             bisect.insort(self._floors, (state.reported.whole_floor, name))
             bisect.insort(self._ceilings, (state.reported.mig_ceiling, name))
@@ -99,6 +107,7 @@ class GpuIndex:
         if state.sharing:
             self._sharing[state.sharing].discard(name)
         self._single.discard(name)
+        self._dra.discard(name)
         if state.reported is not None:
             _discard_sorted(self._floors, (state.reported.whole_floor, name))
             _discard_sorted(self._ceilings, (state.reported.mig_ceiling, name))
@@ -327,6 +336,8 @@ def score_names(
         return _scored_generally(request, names, index, utilization=utilization, scheduling=scheduling, now=now)
     resource, count = request.resources[0]
     among = set(names).intersection(index.states)
+    if request.claims:
+        among &= index.dra_nodes
     if request.product is not None:
         among = index.with_product(request.product, among)
     if request.avoid_sharing:

@@ -74,6 +74,9 @@ class GpuRequest:
     avoid_sharing: frozenset[str] = frozenset()
     """`nvidia.com/gpu.sharing-strategy` values the pod's required node affinity excludes in every term (whole-GPU
     pods exclude time-slicing and mps); a node without the label is never excluded, as with NotIn."""
+    claims: bool = False
+    """The pod gets GPUs through DRA claims (`resources` then says what they ask, where that is known): kube-scheduler's
+    DynamicResources plugin allocates them, so filter never refuses a node for their capacity."""
 
     @property
     def wants_gpu(self) -> bool:
@@ -463,6 +466,10 @@ class NodeGpuState:
     """Which MIG instances pods hold, per GPU and slice; None: derive from `used` and the agent's busy flags."""
     sharing: str = ""
     """The node's `nvidia.com/gpu.sharing-strategy` label (time-slicing, mps, none; "" if absent)."""
+    dra: bool = False
+    """Its GPUs are DRA devices from ResourceSlices (`gpuguard.policy.dra`), not allocatable: kube-scheduler's
+    DynamicResources plugin allocates them (also for extended resources a DeviceClass maps), so filter never refuses
+    the node for capacity."""
     free: Mapping[str, int] = field(init=False)
     mig_binpack: Mapping[str, MigChoice] = field(init=False)
     """Per profile: the free instance packing would take (fewest free slots left on its GPU, then largest block)."""

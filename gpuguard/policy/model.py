@@ -24,6 +24,11 @@ Mode = Literal["enforce", "warn", "audit"]
 """enforce: deny violations; warn: admit with warnings; audit: admit, only log and count."""
 
 UserOverride = Literal["gpu-count", "mig-profile", "gpu-product", "sharing", "skip"]
+Allocation = Literal["devicePlugin", "dra"]
+"""devicePlugin: GPUs as extended resources (`nvidia.com/gpu`, `nvidia.com/mig-*`); dra: as ResourceClaims on the
+NVIDIA DRA driver's DeviceClasses (Kubernetes 1.34+, `resource.k8s.io/v1`)."""
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 FitStrategy = Literal["binpack", "spread"]
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -127,6 +132,8 @@ class PodDefaults(PolicyModel):
     """`""` leaves spec.schedulerName untouched."""
     triton_metrics: TritonMetrics = TritonMetrics()
     """Prometheus annotations for pods whose model container runs Triton."""
+    allocation: Allocation = "devicePlugin"
+    """How the GPU is given: extended resources (the default, as before DRA) or a ResourceClaim (`dra`)."""
 
 
 class RuleMatch(PolicyModel):
@@ -165,6 +172,8 @@ class Rule(PolicyModel):
     """Replaces `defaults.schedulerName`."""
     triton_metrics: TritonMetrics | None = None
     """Replaces `defaults.tritonMetrics`."""
+    allocation: Allocation | None = None
+    """Replaces `defaults.allocation` (and the namespace's) for the pods this rule matches."""
 
 
 class Limits(PolicyModel):
@@ -200,6 +209,28 @@ class NamespaceOverride(PolicyModel):
     """Replaces the top-level `mode` in these namespaces."""
     limits: LimitsOverride | None = None
     """Individual limits replaced in these namespaces."""
+    allocation: Allocation | None = None
+    """The namespace's pods get GPUs this way unless their rule says otherwise (a namespace on a DRA node pool)."""
+
+
+class DeviceClasses(PolicyModel):
+    """The DeviceClasses claims ask; the NVIDIA DRA driver installs these two (names an admin may have changed)."""
+
+    gpu: str = Field(default="gpu.nvidia.com", pattern=DNS_SUBDOMAIN, max_length=253)
+    """Whole GPUs."""
+    mig: str = Field(default="mig.nvidia.com", pattern=DNS_SUBDOMAIN, max_length=253)
+    """MIG devices; the claim pins the profile with a CEL selector."""
+
+
+class Dra(PolicyModel):
+    """How `allocation: dra` shapes become ResourceClaims."""
+
+    device_classes: DeviceClasses = DeviceClasses()
+    """The DeviceClasses requests name: `gpu` for whole GPUs, `mig` for MIG devices."""
+    claim_name: str = Field(default="gpu", pattern=DNS_LABEL, max_length=63)
+    """The pod's `spec.resourceClaims` entry, the model container's `resources.claims` entry and the request name."""
+    template_prefix: str = Field(default="gpuguard-gpu", pattern=DNS_LABEL, max_length=40)
+    """ResourceClaimTemplate names are this prefix, the shape and a hash of the template's content."""
 
 
 class Weights(PolicyModel):
@@ -327,6 +358,8 @@ class Policy(PolicyModel):
     KServe's `customGPUResourceTypeList`); counted and judged as GPUs, one device each."""
     externally_managed: ExternallyManaged = ExternallyManaged()
     """Pods whose GPUs another manager hands out (DRA, KAI-Scheduler, HAMi): what gpuguard adds to them and checks."""
+    dra: Dra = Dra()
+    """How `allocation: dra` GPUs become ResourceClaims: DeviceClass names, the claim name, the template prefix."""
     mig_catalog: CatalogSpec | None = None
     """GPU models to add to gpuguard's MIG catalog, or to replace (same name), in the schema of its catalog file:
     for GPUs newer than this release. Their profiles become known to validation and their geometry to the extender."""

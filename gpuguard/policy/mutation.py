@@ -16,6 +16,12 @@ required node-affinity term `nvidia.com/gpu.sharing-strategy NotIn [time-slicing
 label) so they never land on a node whose `nvidia.com/gpu` are 1/N shares; time-sliced pods get the sharing-strategy
 selector and their product as `In [P, P-SHARED]`, because GPU Feature Discovery renames the product there.
 
+Under `allocation: dra` the GPU is a claim instead: `spec.resourceClaims` gets an entry from gpuguard's
+ResourceClaimTemplate for the policy's shape (`gpuguard.policy.claim_templates`) and the model container alone lists
+it in `resources.claims`; never an extended resource. Placement is the same (tolerations, node selector, scheduler),
+except that a product the claim pins is not also a node selector, and there is no sharing-strategy affinity (that
+label is the device plugin's). A pod carrying gpuguard's own claim stays gpuguard's, not "stepped aside".
+
 Idempotent: planning again on the patched pod yields no operations (the webhook is registered with
 `reinvocationPolicy: IfNeeded`). Pure.
 """
@@ -24,13 +30,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jsonpointer import escape
 
 from gpuguard.policy import podspec
-from gpuguard.policy.demand import GpuDemand
+from gpuguard.policy.claim_templates import GpuShape, shape_of, template_name
+from gpuguard.policy.demand import DRA, GpuDemand
 from gpuguard.policy.mig import base_product, mig_resource_name
 from gpuguard.policy.model import GpuSpec, Toleration
 from gpuguard.policy.podspec import ContainerRef, JsonObject
@@ -97,10 +104,16 @@ def plan_pod(pod: JsonObject, effective: Effective, *, runtime: Runtime, demand:
     draft = _Draft(warnings=[*effective.notes, *(f"ignored: {p}" for p in effective.problems)])
     pod_spec = podspec.spec_of(pod)
     model = model_container_of(pod)
-    if demand.owner:
+    if demand.owner and not (demand.owner == DRA and gives_claims(pod_spec, effective)):
         if effective.external.mutation == "placement" and demand.nvidia:
             _plan_placement(draft, pod_spec, effective, sharing=_sharing(effective, demand), whole=False)
         applied = f"stepped-aside: {demand.owner}"
+    elif effective.allocation == "dra":
+        shape = _plan_claim(draft, pod_spec, model, effective, demand)
+        if shape is not None or demand.nvidia or gives_claims(pod_spec, effective):
+            _plan_placement(draft, pod_spec, _claim_placement(effective), sharing=False, whole=False)
+            _plan_scheduler(draft, pod_spec, effective.scheduler_name)
+        applied = effective.rule
     else:
         added = _plan_resources(draft, model, effective, demand, names=model_container_names(pod))
         if added or demand.nvidia:
@@ -112,6 +125,78 @@ def plan_pod(pod: JsonObject, effective: Effective, *, runtime: Runtime, demand:
         _plan_triton(draft, pod, model, effective)
     _plan_annotations(draft, pod, {APPLIED_ANNOTATION: applied})
     return draft.freeze()
+
+
+# ------------------------------------------------------------------------------------------------------ DRA claims
+
+
+def gives_claims(pod_spec: JsonObject, effective: Effective) -> bool:
+    """The pod's GPU claim is one gpuguard gives (its claim name, one of gpuguard's templates): the pod stays
+    gpuguard's, so admitting it again changes nothing."""
+    dra = effective.dra
+    return effective.allocation == "dra" and any(
+        podspec.mapping(c).get("name") == dra.claim_name
+        and str(podspec.mapping(c).get("resourceClaimTemplateName") or "").startswith(dra.template_prefix + "-")
+        for c in podspec.sequence(pod_spec.get("resourceClaims"))
+    )
+
+
+def _plan_claim(
+    draft: _Draft, pod_spec: JsonObject, target: ContainerRef | None, effective: Effective, demand: GpuDemand
+) -> GpuShape | None:
+    """Give the model container a claim from gpuguard's template for the policy's shape, unless the pod already
+    gets a GPU; the shape given, or None."""
+    if demand.gets_gpu or (target is not None and target.asks_for_gpu()):
+        return None
+    shape = _claim_shape(effective)
+    if shape is None:
+        if effective.gpu.sharing is not None:
+            draft.warnings.append("time-slicing has no per-pod DRA claim form: no GPU was added (use count or "
+                                  "migProfile for allocation: dra)")
+        return None
+    if target is None:
+        draft.warnings.append(f"no {podspec.MODEL_CONTAINER} container found: no GPU was added")
+        return None
+    name = effective.dra.claim_name
+    claims = podspec.sequence(pod_spec.get("resourceClaims"))
+    if any(podspec.mapping(c).get("name") == name for c in claims):
+        draft.warnings.append(f"the pod already has a resourceClaims entry named {name!r}: no GPU claim was added")
+        return None
+    entry = {"name": name, "resourceClaimTemplateName": template_name(shape, effective.dra)}
+    change = f"resourceClaim {name} from template {entry['resourceClaimTemplateName']}"
+    if isinstance(pod_spec.get("resourceClaims"), list):
+        draft.add("/spec/resourceClaims/-", entry, change)
+    else:
+        draft.add("/spec/resourceClaims", [entry], change)
+    _add_container_claim(draft, target, name)
+    return shape
+
+
+def _add_container_claim(draft: _Draft, container: ContainerRef, name: str) -> None:
+    base = f"/spec/{container.kind}/{container.index}/resources"
+    change = f"resources.claims {name} on {container.name}"
+    resources = container.body.get("resources")
+    if not isinstance(resources, dict):
+        draft.add(base, {"claims": [{"name": name}]}, change)
+    elif not isinstance(resources.get("claims"), list):
+        draft.add(f"{base}/claims", [{"name": name}], change)
+    else:
+        draft.add(f"{base}/claims/-", {"name": name}, change)
+
+
+def _claim_shape(effective: Effective) -> GpuShape | None:
+    """The policy's shape as a claim: its pinned product goes into the claim unless a user override changed it."""
+    pinned = effective.pinned_product
+    return shape_of(effective.gpu, product=pinned if effective.node_selector.get(PRODUCT_LABEL) == pinned else None)
+
+
+def _claim_placement(effective: Effective) -> Effective:
+    """The placement for a claim pod: the product its claim pins is not also a node selector (devices, not nodes)."""
+    shape = _claim_shape(effective)
+    if shape is None or not shape.product:
+        return effective
+    selector = {k: v for k, v in effective.node_selector.items() if k != PRODUCT_LABEL}
+    return replace(effective, node_selector=selector)
 
 
 def _sharing(effective: Effective, demand: GpuDemand) -> bool:

@@ -2,7 +2,8 @@
 
 Order of precedence, most specific last: policy defaults, then the first matching rule (it replaces each defaults
 key it sets), then the user's `gpuguard.io/*` annotations where `userOverrides` allows them. Mode and limits come
-from the namespace overrides. The result also carries the annotation problems found on the way, so validation can
+from the namespace overrides; the allocation mode from the rule if it sets one, else the namespace's, else the
+defaults'. The result also carries the annotation problems found on the way, so validation can
 refuse a bad override and mutation can ignore it. Pure.
 """
 
@@ -17,10 +18,13 @@ from gpuguard.policy import mig
 from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.loading import PRODUCT_LABEL, unknown_profile_message
 from gpuguard.policy.model import (
+    Allocation,
+    Dra,
     ExternallyManaged,
     GpuSpec,
     Limits,
     Mode,
+    NamespaceOverride,
     Policy,
     Rule,
     Toleration,
@@ -85,13 +89,24 @@ class Effective:
     external: ExternallyManaged = ExternallyManaged()
     catalog: MigCatalog = mig.BUILTIN
     """The policy's MIG catalog, which the profile checks resolve models and profiles through."""
+    allocation: Allocation = "devicePlugin"
+    """How the GPU is given: extended resources, or a ResourceClaim from one of gpuguard's templates."""
+    dra: Dra = Dra()
+    pinned_product: str | None = None
+    """The product the rule or defaults select (`nvidia.com/gpu.product`), before any user override: under
+    `allocation: dra` it pins the claim's devices instead of the node."""
 
 
-def namespace_mode_and_limits(policy: Policy, namespace: str) -> tuple[Mode, Limits]:
+def namespace_override(policy: Policy, namespace: str) -> NamespaceOverride | None:
     """An exact namespace key wins; otherwise the first glob in file order that matches."""
     override = policy.namespaces.get(namespace)
     if override is None:
         override = next((o for glob, o in policy.namespaces.items() if fnmatchcase(namespace, glob)), None)
+    return override
+
+
+def namespace_mode_and_limits(policy: Policy, namespace: str) -> tuple[Mode, Limits]:
+    override = namespace_override(policy, namespace)
     if override is None:
         return policy.mode, policy.limits
     limits = policy.limits
@@ -105,6 +120,12 @@ def matching_rule(
     policy: Policy, *, namespace: str, runtime: Runtime, labels: Mapping[str, Any], workload: Workload | None = None
 ) -> Rule | None:
     return next((r for r in policy.rules if _rule_matches(r, namespace, runtime, labels, workload)), None)
+
+
+def rule_may_match(rule: Rule, namespace: str) -> bool:
+    """Whether some pod in the namespace could match the rule (its labels and runtime aside)."""
+    globs = rule.match.namespaces
+    return not globs or any(fnmatchcase(namespace, glob) for glob in globs)
 
 
 def _rule_matches(
@@ -167,7 +188,20 @@ def resolve(
         gpu_types=frozenset(policy.gpu_resource_types),
         external=policy.externally_managed,
         catalog=policy.catalog,
+        allocation=allocation_for(policy, rule, namespace),
+        dra=policy.dra,
+        pinned_product=(rule.node_selector if rule and rule.node_selector is not None
+                        else base.node_selector).get(PRODUCT_LABEL),
     )
+
+
+def allocation_for(policy: Policy, rule: Rule | None, namespace: str) -> Allocation:
+    if rule is not None and rule.allocation is not None:
+        return rule.allocation
+    override = namespace_override(policy, namespace)
+    if override is not None and override.allocation is not None:
+        return override.allocation
+    return policy.defaults.allocation
 
 
 @dataclass(slots=True)

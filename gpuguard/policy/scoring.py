@@ -8,7 +8,9 @@ Filter refuses a node, with a one-line reason, when
 - its `nvidia.com/gpu.product` does not match the pod's selector or required node affinity (unresolvable),
 - its GPUs are time-sliced or MPS shares and the pod's required node affinity excludes those (unresolvable),
 - it has none of a requested GPU resource, or not enough of it free (free = allocatable minus the requests of the
-  node's bound, non-terminated pods; for MIG, free instances of the profile),
+  node's bound, non-terminated pods; for MIG, free instances of the profile) - never for a pod whose GPUs come from
+  DRA claims, nor on a node whose GPUs are DRA devices: kube-scheduler's DynamicResources plugin allocates those,
+  and the extender only sees nodes it kept,
 - every candidate GPU is at or above `scheduling.maxGpuUtilization` according to fresh samples (unresolvable: no
   eviction lowers the samples). A node with stale or missing samples for any candidate GPU is never refused for
   utilization.
@@ -36,6 +38,8 @@ on; a better fit class never scores below a worse one, two nodes in one class wi
 differently, and two nodes with equal utilization but different free slots fall in different classes. Ranking is
 relative to the request's candidates because kube-scheduler only compares nodes within one scheduling cycle, and it
 spends the 11 available levels where the choice is made instead of on absolute values that would all round alike.
+A claim pod scores 0 on nodes whose GPUs are not DRA devices (its claim cannot be allocated there; kube-scheduler's
+DynamicResources plugin normally keeps such nodes from the extender anyway).
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ def fit_refusal(request: GpuRequest, state: NodeGpuState) -> Refusal | None:
     shared = sharing_refusal(request, state.sharing)
     if shared is not None:
         return Refusal(state.name, shared, "sharing", resolvable=False)
+    if state.dra or request.claims:
+        return None  # DRA devices: kube-scheduler's DynamicResources plugin judges capacity, and allocates
     for resource, count in request.resources:
         total = state.allocatable.get(resource, 0)
         if total == 0:
@@ -366,7 +372,14 @@ def _scores(
 
 
 def _feasible(request: GpuRequest, states: Sequence[NodeGpuState]) -> list[int]:
-    """Positions of the states that pass `fit_refusal` (screened cheaply for the common request shape)."""
+    """Positions of the states that pass `fit_refusal` (screened cheaply for the common request shape) and, for a
+    claim pod, whose GPUs are DRA devices: a claim is never allocated from a device plugin's extended resources."""
+    if request.claims:
+        return [i for i in _fitting(request, states) if states[i].dra]
+    return _fitting(request, states)
+
+
+def _fitting(request: GpuRequest, states: Sequence[NodeGpuState]) -> list[int]:
     if len(request.resources) != 1 or request.product_terms:
         return [i for i, s in enumerate(states) if fit_refusal(request, s) is None]
     (resource, count), product, avoid = request.resources[0], request.product, request.avoid_sharing

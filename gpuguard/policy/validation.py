@@ -18,15 +18,18 @@ decision (the mode). Pure.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from gpuguard.policy import mig, podspec
 from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.demand import ContainerGpus, GpuDemand, device_share, pod_demand
+from gpuguard.policy.dra import DraClasses, claim_shape, claim_sharing
 from gpuguard.policy.loading import PRODUCT_LABEL, unknown_profile_message
 from gpuguard.policy.model import Limits
+from gpuguard.policy.podspec import JsonObject
 from gpuguard.policy.quantity import QuantityError, parse_quantity, quoted, whole_number
 from gpuguard.policy.resolve import Effective, Problem
 from gpuguard.policy.resources import ResourceKind, resource_kind
@@ -46,17 +49,27 @@ def pod_demand_under(pod: Mapping[str, Any], effective: Effective) -> GpuDemand:
     return pod_demand(pod, custom=effective.gpu_types, schedulers=frozenset(effective.external.schedulers))
 
 
-def pod_problems(pod: Mapping[str, Any], effective: Effective, demand: GpuDemand | None = None) -> list[Problem]:
-    """Every problem of a pod under these settings, plus the user-annotation problems `resolve` found."""
+def pod_problems(
+    pod: Mapping[str, Any], effective: Effective, demand: GpuDemand | None = None,
+    templates: Mapping[str, JsonObject] | None = None,
+) -> list[Problem]:
+    """Every problem of a pod under these settings, plus the user-annotation problems `resolve` found.
+
+    `templates` (ResourceClaimTemplate name -> claim spec) are the claim templates whose content is known: the pod's
+    claims made from them are judged like the extended resources they amount to.
+    """
     demand = demand if demand is not None else pod_demand_under(pod, effective)
     limits, catalog = effective.limits, effective.catalog
     product = podspec.text(podspec.mapping(podspec.spec_of(pod).get("nodeSelector")).get(PRODUCT_LABEL))
     problems = list(effective.problems)
+    claims = known_claims(pod, templates or {}, DraClasses(effective.dra.device_classes.gpu,
+                                                           effective.dra.device_classes.mig))
     if not (demand.owner and effective.external.validation == "deviceAccess"):
         for container in demand.containers:
             problems += container_problems(container, limits, product=product, custom=demand.custom, catalog=catalog)
-        problems += _count_problems(demand, limits, product, catalog)
-        problems += _mixing_problems(demand)
+        problems += _claim_problems(claims, limits, product, catalog)
+        problems += _count_problems(demand, limits, product, catalog, claims)
+        problems += _mixing_problems(demand, claims)
         problems += _sharing_problems(effective)
     if limits.deny_privileged_gpu_pods:
         problems += _access_problems(demand)
@@ -72,7 +85,7 @@ def container_problems(
     for name in container.positive:
         kind = resource_kind(name, custom)
         if kind == "mig":
-            yield from _mig_problems(ref, name, limits, product, catalog)
+            yield from _mig_problems(ref.where, name, limits, product, catalog)
         elif kind == "shared" and not limits.allow_time_slicing:
             yield Problem(
                 ref.where,
@@ -111,31 +124,36 @@ def _quantity_problems(ref: podspec.ContainerRef, custom: frozenset[str]) -> Ite
 
 
 def _mig_problems(
-    ref: podspec.ContainerRef, resource: str, limits: Limits, product: str | None, catalog: MigCatalog
+    where: str, resource: str, limits: Limits, product: str | None, catalog: MigCatalog
 ) -> Iterator[Problem]:
     """Through the model of the pod's product when it selects one; through every model of the catalog otherwise."""
     profile = mig.profile_from_resource(resource) or resource
     model = catalog.model_for_product(product) if product else None
     if model is None and not catalog.knows(profile):
-        yield Problem(ref.where, f"{resource}: {unknown_profile_message(profile, catalog)}",
+        yield Problem(where, f"{resource}: {unknown_profile_message(profile, catalog)}",
                       "use a profile your GPUs offer, or add their model to the policy's migCatalog")
         return
     if limits.allowed_mig_profiles and profile not in limits.allowed_mig_profiles:
         allowed = ", ".join(mig.mig_resource_name(p) for p in limits.allowed_mig_profiles)
-        yield Problem(ref.where, f"MIG profile {quoted(profile)} ({resource}) is not allowed", f"use one of: {allowed}")
+        yield Problem(where, f"MIG profile {quoted(profile)} ({resource}) is not allowed", f"use one of: {allowed}")
     if model is not None and model.profile(profile) is None:
         yield Problem(
-            ref.where,
+            where,
             f"{resource} does not exist on {product} ({model.name})",
             f"use one of its profiles: {', '.join(model.profile_names)}",
         )
 
 
-def _count_problems(demand: GpuDemand, limits: Limits, product: str | None, catalog: MigCatalog) -> Iterable[Problem]:
-    total = demand.gpus(product=product, catalog=catalog)
+def _count_problems(
+    demand: GpuDemand, limits: Limits, product: str | None, catalog: MigCatalog, claims: Sequence[KnownClaim] = ()
+) -> Iterable[Problem]:
+    total = demand.gpus(product=product, catalog=catalog) + sum(
+        (n * device_share(name, product=product, catalog=catalog) for c in claims for name, n in c.resources),
+        Fraction(0))
     if total <= limits.max_gpus_per_pod:
         return ()
     parts = [_counted(name, n, product, catalog) for name, n in demand.resources]
+    parts += [f"{_counted(name, n, product, catalog)} through claim {c.name!r}" for c in claims for name, n in c.resources]
     if demand.kai is not None:
         parts.append(f"{_number(demand.kai.gpus)} through KAI-Scheduler's gpu-fraction/gpu-memory")
     return (
@@ -159,7 +177,7 @@ def _number(value: Fraction) -> str:
     return str(value.numerator) if value.denominator == 1 else f"{float(value):.2f}"
 
 
-def _mixing_problems(demand: GpuDemand) -> Iterable[Problem]:
+def _mixing_problems(demand: GpuDemand, claims: Sequence[KnownClaim] = ()) -> Iterable[Problem]:
     by_kind: dict[ResourceKind, list[str]] = {}
     holders: set[str] = set()
     for container in demand.containers:
@@ -168,12 +186,56 @@ def _mixing_problems(demand: GpuDemand) -> Iterable[Problem]:
             if kind is not None and kind in EXCLUSIVE_KINDS:
                 by_kind.setdefault(kind, []).append(name)
                 holders.add(container.ref.where)
+    for claim in claims:
+        for name, _ in claim.resources:
+            kind = resource_kind(name)
+            if kind is not None and kind in EXCLUSIVE_KINDS:
+                by_kind.setdefault(kind, []).append(name)
+                holders.add(f"claim {claim.name!r}")
     if len(by_kind) < 2:
         return ()
     named = [f"{label} ({', '.join(dict.fromkeys(by_kind[k]))})" for k, label in EXCLUSIVE_KINDS.items() if k in by_kind]
     where = holders.pop() if len(holders) == 1 else "pod"
     return (Problem(where, f"asks for {' and '.join(named)} together",
                     "ask for one kind only in the whole pod: whole GPUs, one MIG profile, or time-sliced GPUs"),)
+
+
+# ------------------------------------------------------------------------------------------------------- DRA claims
+
+
+@dataclass(frozen=True, slots=True)
+class KnownClaim:
+    """One of the pod's `spec.resourceClaims` whose content is known, in extended-resource terms."""
+
+    name: str
+    resources: tuple[tuple[str, int], ...]
+    sharing: str = ""
+    """The NVIDIA driver's sharing strategy in the claim's opaque config (`TimeSlicing`, `MPS`), "" when none."""
+
+
+def known_claims(pod: Mapping[str, Any], templates: Mapping[str, JsonObject], classes: DraClasses) -> list[KnownClaim]:
+    """The pod's claims made from templates whose content is known (others are left to whoever made them)."""
+    found = []
+    for entry in map(podspec.mapping, podspec.sequence(podspec.spec_of(pod).get("resourceClaims"))):
+        spec = templates.get(str(entry.get("resourceClaimTemplateName")))
+        if spec is None:
+            continue
+        shape = claim_shape(spec, classes)
+        if shape.known:
+            found.append(KnownClaim(str(entry.get("name")), shape.resources, claim_sharing(spec)))
+    return found
+
+
+def _claim_problems(claims: Sequence[KnownClaim], limits: Limits, product: str | None,
+                    catalog: MigCatalog) -> Iterator[Problem]:
+    for claim in claims:
+        where = f"claim {claim.name!r}"
+        for name, _ in claim.resources:
+            if resource_kind(name) == "mig":
+                yield from _mig_problems(where, name, limits, product, catalog)
+        if claim.sharing and not limits.allow_time_slicing:
+            yield Problem(where, f"shares its GPU ({claim.sharing}), which this namespace does not allow",
+                          "use a claim template without a sharing config, or a MIG slice")
 
 
 def _sharing_problems(effective: Effective) -> Iterable[Problem]:

@@ -1,4 +1,4 @@
-"""Where the store's nodes and pods come from: a `--cluster-state` file, or a Kubernetes watch.
+"""Where the store's nodes, pods and DRA objects come from: a `--cluster-state` file, or a Kubernetes watch.
 
 Both run in the background as async context managers (aiohttp cleanup contexts) and change the store only on the
 event loop, so request handlers never see a half-applied change. The file is polled (a stat per interval) and re-read
@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from gpuguard.k8s.cluster_state import ClusterObjects, ClusterStateError, ClusterStateFile
+from gpuguard.k8s.cluster_state import DRA_KINDS, ClusterObjects, ClusterStateError, ClusterStateFile
 from gpuguard.k8s.watch import ClusterWatch, EventType, JsonDict, Kind
 from scheduler_ext.inventory.store import InventoryStore
 
@@ -51,6 +51,8 @@ class ClusterStateSource:
     def _apply(self, objects: ClusterObjects) -> None:
         self._store.replace_nodes(objects.nodes.values())
         self._store.replace_pods(objects.pods)
+        for kind in DRA_KINDS:
+            self._store.replace_dra(kind, objects.dra.get(kind, []))
         self.loads += 1
         self._last_error = ""
         log.info("cluster state %s: %d nodes, %d GPU pods", self._file.path, self._store.node_count,
@@ -118,8 +120,10 @@ class WatchSourceHandler:
     def _synced(self, kind: Kind, objects: list[JsonDict]) -> None:
         if kind == "Node":
             self._store.replace_nodes(objects)
-        else:
+        elif kind == "Pod":
             self._store.replace_pods(objects)
+        else:
+            self._store.replace_dra(kind, objects)
         log.info("%s list synced: %d nodes, %d GPU pods", kind, self._store.node_count, self._store.pod_count)
         if self._store.ready:
             self._on_loaded()
@@ -127,5 +131,7 @@ class WatchSourceHandler:
     def _changed(self, kind: Kind, event: EventType, obj: JsonDict) -> None:
         if kind == "Node":
             self._store.delete_node(obj) if event == "DELETED" else self._store.upsert_node(obj)
-        else:
+        elif kind == "Pod":
             self._store.delete_pod(obj) if event == "DELETED" else self._store.upsert_pod(obj)
+        else:
+            self._store.delete_dra(kind, obj) if event == "DELETED" else self._store.upsert_dra(kind, obj)

@@ -1,11 +1,14 @@
 """The extender's view of the cluster: per-node GPU state, recomputed only where something changed.
 
-Node facts and pod usages arrive from a source (a `--cluster-state` file, a Kubernetes watch) or, for full-Node
+Node facts, pod usages and (on DRA clusters) ResourceSlices and ResourceClaims arrive from a source (a `--cluster-state` file, a Kubernetes watch) or, for full-Node
 requests, from the request itself. Each node's `NodeGpuState` (with its precomputed summary) is rebuilt when its Node
 object or one of its pods changes, so a filter or prioritize call does one dictionary lookup per candidate. Full-Node
 requests reuse the facts of nodes whose resourceVersion did not change since the last request. MIG layouts are
 resolved through the catalog of the policy in force (`use_catalog`): when a reloaded policy adds or replaces GPU
-models, every node's facts are rebuilt from what they keep, before the next decision reads them.
+models, every node's facts are rebuilt from what they keep, before the next decision reads them. A node whose
+ResourceSlices publish NVIDIA devices is modelled from them (`gpuguard.policy.dra.dra_state`): its GPU capacity is
+its devices, and what is held is what allocated claims hold (pods' own requests are not counted there, so a pod
+whose extended resource a DeviceClass maps is counted once, through the claim kube-scheduler made for it).
 
 Nothing here reserves capacity: without a bind verb the scheduler may bind elsewhere, and reservations would go stale
 (Project-HAMi/HAMi#2923). Capacity is released the moment the pod's deletion or termination is seen. Single-threaded: sources
@@ -22,9 +25,11 @@ from typing import Any
 from gpuguard.contracts.extender import node_name
 from gpuguard.policy import mig
 from gpuguard.policy.catalog import MigCatalog
+from gpuguard.policy.dra import ClaimBook, dra_state
 from gpuguard.policy.gpuindex import GpuIndex
 from gpuguard.policy.gpustate import NodeGpuState, with_used
 from gpuguard.policy.podspec import mapping
+from scheduler_ext.inventory.claims import DraCache
 from scheduler_ext.inventory.nodes import NodeFacts, node_facts, with_catalog
 from scheduler_ext.inventory.pods import PodUsage, pod_key, pod_usage
 
@@ -53,12 +58,16 @@ class InventoryStore:
         self.node_texts: dict[str, dict[str, Any]] = {}
         """The last full-Node request's Node texts -> decoded Nodes (`parse_args(known_nodes=...)`)."""
         self._problems: dict[str, str] = {}
+        self.dra = DraCache()
+        """ResourceSlices, ResourceClaims and templates (empty on clusters without DRA)."""
+        self.dra_pending: set[str] = set()
+        """DRA kinds a watch has not listed yet (the store is not ready before they are)."""
 
     # ------------------------------------------------------------------------------------------------------- reads
 
     @property
     def ready(self) -> bool:
-        return self.nodes_loaded and (self.pods_loaded or not self.pods_known)
+        return self.nodes_loaded and (self.pods_loaded or not self.pods_known) and not self.dra_pending
 
     @property
     def node_count(self) -> int:
@@ -75,6 +84,11 @@ class InventoryStore:
     def group_nodes(self, group: str) -> list[str]:
         """The node of each bound GPU pod of a serving group (a node once per pod)."""
         return list(self._groups.get(group, Counter()).elements())
+
+    @property
+    def claims(self) -> ClaimBook:
+        """What claim pods ask for, for `gpuguard.policy.dra.pod_request`."""
+        return self.dra.book
 
     def state(self, name: str) -> NodeGpuState | None:
         return self.index.get(name)
@@ -214,6 +228,23 @@ class InventoryStore:
         self._pod_versions[node] = self._pod_versions.get(node, 0) + 1
         self._refresh(node)
 
+    # ------------------------------------------------------------------------------------------------------- DRA
+
+    def replace_dra(self, kind: str, objects: Iterable[dict[str, Any]]) -> None:
+        self._bump_all(self.dra.replace(kind, objects))
+        self.dra_pending.discard(kind)
+
+    def upsert_dra(self, kind: str, obj: dict[str, Any]) -> None:
+        self._bump_all(self.dra.upsert(kind, obj))
+
+    def delete_dra(self, kind: str, obj: dict[str, Any]) -> None:
+        self._bump_all(self.dra.delete(kind, obj))
+
+    def _bump_all(self, nodes: Iterable[str]) -> None:
+        for node in nodes:
+            self._bump(node)
+        self.generation += 1
+
     # ----------------------------------------------------------------------------------------------------- derived
 
     def _refresh(self, name: str) -> None:
@@ -222,6 +253,9 @@ class InventoryStore:
             self.index.put(self._with_pods(fact))
 
     def _with_pods(self, fact: NodeFacts) -> NodeGpuState:
+        devices = self.dra.devices.get(fact.name)
+        if devices:
+            return dra_state(fact.state, devices, self.dra.held, catalog=self.catalog)
         if not self.pods_known:
             return fact.state
         return with_used(fact.state, dict(self._used.get(fact.name, {})))

@@ -1,9 +1,12 @@
-"""A small stand-in for kube-apiserver's list and watch of Nodes and Pods, over real HTTP.
+"""A small stand-in for kube-apiserver's list and watch of Nodes, Pods and the DRA kinds, over real HTTP.
 
 No kube-apiserver can be installed here, so the watch code is exercised against this: the same URLs, query
 parameters and wire format the kubernetes client uses (paged LIST with `limit`/`continue`, WATCH as a chunked stream
 of newline-delimited `{"type", "object"}` events, BOOKMARKs, `410 Gone` for a resourceVersion that fell out of the
-window). Objects are changed through `put`/`delete`, which notify every open watch. Used by the tests and by
+window). Objects are changed through `put`/`delete`, which notify every open watch, or by clients: ResourceClaimTemplates
+are created (POST, 409 AlreadyExists) and deleted (DELETE, 404 NotFound) like the real server does, and Leases
+(coordination.k8s.io/v1) are read, created and replaced (409 Conflict on a stale resourceVersion), for leader
+election. Used by the tests and by
 bench/extender_bench.py (where it also supplies the churn of pods being bound and deleted).
 """
 
@@ -21,7 +24,10 @@ from typing import Any
 from aiohttp import web
 
 JsonDict = dict[str, Any]
-PATHS = {"nodes": "Node", "pods": "Pod"}
+PATHS = {"nodes": "Node", "pods": "Pod", "namespaces": "Namespace", "resourceslices": "ResourceSlice",
+         "resourceclaims": "ResourceClaim", "resourceclaimtemplates": "ResourceClaimTemplate"}
+GROUPS = {"ResourceSlice": "resource.k8s.io/v1", "ResourceClaim": "resource.k8s.io/v1",
+          "ResourceClaimTemplate": "resource.k8s.io/v1"}
 
 
 @dataclass
@@ -39,6 +45,9 @@ class FakeApiServer:
         self.kinds = {kind: _Kind() for kind in PATHS.values()}
         self.lists = 0
         self.watches = 0
+        self.writes: list[tuple[str, str]] = []
+        """(verb, namespace/name) of every template create and delete clients made."""
+        self.leases: dict[str, JsonDict] = {}
         self._history = history
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -105,6 +114,14 @@ class FakeApiServer:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/api/v1/{plural}", self._handle)
+        app.router.add_get("/apis/resource.k8s.io/v1/{plural}", self._handle)
+        templates = "/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaimtemplates"
+        app.router.add_post(templates, self._create)
+        app.router.add_delete(templates + "/{name}", self._remove)
+        leases = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        app.router.add_get(leases + "/{name}", self._lease_get)
+        app.router.add_post(leases, self._lease_create)
+        app.router.add_put(leases + "/{name}", self._lease_replace)
         return app
 
     def start(self) -> str:
@@ -154,6 +171,7 @@ class FakeApiServer:
             for queue in kind.watchers:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(_cancel_the_rest(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(10)
         loop.close()
@@ -187,7 +205,8 @@ class FakeApiServer:
         metadata: JsonDict = {"resourceVersion": str(self.version)}
         if start + limit < len(items):
             metadata["continue"] = str(start + limit)
-        body = {"kind": f"{kind_name}List", "apiVersion": "v1", "metadata": metadata, "items": page}
+        body = {"kind": f"{kind_name}List", "apiVersion": GROUPS.get(kind_name, "v1"), "metadata": metadata,
+                "items": page}
         return web.json_response(body)
 
     async def _watch(self, request: web.Request, kind_name: str, kind: _Kind, selector: str) -> web.StreamResponse:
@@ -230,8 +249,71 @@ class FakeApiServer:
                     await _send(response, {"type": "BOOKMARK", "object": {
                         "kind": kind_name, "apiVersion": "v1", "metadata": {"resourceVersion": str(self.version)}}})
 
+    # ------------------------------------------------------------------------------------------ client writes
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        body.setdefault("metadata", {})["namespace"] = request.match_info["namespace"]
+        key = _key(body)
+        self.writes.append(("create", key))
+        if key in self.kinds["ResourceClaimTemplate"].objects:
+            return _status(409, "AlreadyExists", f"resourceclaimtemplates {key!r} already exists")
+        self._put({**body, "kind": "ResourceClaimTemplate", "apiVersion": "resource.k8s.io/v1"})
+        return web.json_response(self.kinds["ResourceClaimTemplate"].objects[key], status=201)
+
+    async def _remove(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        self.writes.append(("delete", key))
+        obj = self.kinds["ResourceClaimTemplate"].objects.get(key)
+        if obj is None:
+            return _status(404, "NotFound", f"resourceclaimtemplates {key!r} not found")
+        self._delete("ResourceClaimTemplate", key)
+        return web.json_response(obj)
+
+    async def _lease_get(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        if key not in self.leases:
+            return _status(404, "NotFound", f"leases {key!r} not found")
+        return web.json_response(self.leases[key])
+
+    async def _lease_create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        key = f"{request.match_info['namespace']}/{body['metadata']['name']}"
+        if key in self.leases:
+            return _status(409, "AlreadyExists", f"leases {key!r} already exists")
+        return self._store_lease(key, body, 201)
+
+    async def _lease_replace(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        current = self.leases.get(key)
+        if current is None:
+            return _status(404, "NotFound", f"leases {key!r} not found")
+        if (body.get("metadata") or {}).get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return _status(409, "Conflict", "the object has been modified; please apply your changes to the latest "
+                                            "version and try again")
+        return self._store_lease(key, body, 200)
+
+    def _store_lease(self, key: str, body: JsonDict, status: int) -> web.Response:
+        self.version += 1
+        namespace, name = key.split("/")
+        stored = {**body, "kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+                  "metadata": {**(body.get("metadata") or {}), "name": name, "namespace": namespace,
+                               "resourceVersion": str(self.version)}}
+        self.leases[key] = stored
+        return web.json_response(stored, status=status)
+
     def objects(self, kind: str) -> Iterator[JsonDict]:
         return iter(list(self.kinds[kind].objects.values()))
+
+
+async def _cancel_the_rest() -> None:
+    """End the watch streams whose clients went away (aiohttp does not cancel their handlers), so none is left
+    pending when the loop closes."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _as_coroutine(func: Any, *args: Any) -> None:
@@ -240,6 +322,11 @@ async def _as_coroutine(func: Any, *args: Any) -> None:
 
 async def _send(response: web.StreamResponse, event: JsonDict) -> None:
     await response.write(json.dumps(event).encode() + b"\n")
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                              "message": message, "reason": reason, "code": code}, status=code)
 
 
 def _key(obj: JsonDict) -> str:

@@ -57,3 +57,14 @@ def test_the_remaining_settings_are_valid_and_deliberate(extender: dict[str, Any
     assert extender["nodeCacheCapable"] is True and extender["enableHTTPS"] is False
     assert extender["ignorable"] is True
     assert 0 < parse_duration(extender["httpTimeout"]) <= 5
+
+
+def test_the_dra_configuration_asks_the_extender_about_every_pod() -> None:
+    text = README.read_text()
+    snippet = text.split("<!-- extender-config-dra -->")[1].split("<!-- /extender-config-dra -->")[0]
+    config = yaml.safe_load(snippet.strip().removeprefix("```yaml").removesuffix("```"))
+    (entry,) = config["extenders"]
+    assert "managedResources" not in entry, "kube-scheduler would never call the extender for claim pods"
+    assert entry["urlPrefix"] == f"http://127.0.0.1:{DEFAULT_PORT}" and entry["nodeCacheCapable"] is True
+    disabled = [p["name"] for p in config["profiles"][0]["plugins"].get("filter", {}).get("disabled", [])]
+    assert "DynamicResources" not in disabled and entry["ignorable"] is True

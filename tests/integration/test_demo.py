@@ -165,3 +165,24 @@ def test_the_llminferenceservice_prefill_and_decode_pods_are_admitted_and_placed
         assert trip.denied == "" and trip.rule == "defaults"
         assert trip.changes[0] == "nvidia.com/gpu: 1", "one GPU on main, none on the routing sidecar"
         assert trip.node == "a100-b", "the idle A100 node: the busy ones and the full H100 lose"
+
+
+def test_the_dra_pool_pod_gets_a_claim_and_lands_on_the_idle_dra_node(demo: DemoResult) -> None:
+    trip = by_name(demo)["qwen2-7b"]
+    assert trip.rule == "dra-pool"
+    assert any(c.startswith("resourceClaim gpu from gpuguard-gpu-1-") for c in trip.changes)
+    assert not any(c.startswith("nvidia.com/") for c in trip.changes)  # a claim, never an extended resource
+    assert trip.node == "h100-dra-b" and trip.scores["h100-dra-b"] > trip.scores["h100-dra-a"]
+    assert set(trip.scores) == {"h100-dra-a", "h100-dra-b"}  # DynamicResources sends only nodes with NVIDIA slices
+    assert demo.workdir is not None
+    objects = ClusterStateFile(demo.workdir / "cluster-state.yaml").load()
+    (claim,) = objects.dra["ResourceClaim"]
+    (result,) = claim["status"]["allocation"]["devices"]["results"]
+    assert result["pool"] == "h100-dra-b" and result["driver"] == "gpu.nvidia.com"
+
+
+def test_device_plugin_pods_never_reach_the_dra_pool(demo: DemoResult) -> None:
+    for trip in demo.trips:
+        if trip.name != "qwen2-7b" and trip.node:
+            assert not trip.node.startswith("h100-dra"), trip.name
+            assert {"h100-dra-a", "h100-dra-b"} <= set(trip.not_sent), trip.name  # a taint or selector keeps them out

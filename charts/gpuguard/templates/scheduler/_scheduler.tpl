@@ -47,10 +47,15 @@ extenders:
     nodeCacheCapable: true
     ignorable: {{ $extender.ignorable }}
     httpTimeout: {{ $extender.httpTimeout }}
+    {{- if .Values.dra.enabled }}
+    # No managedResources on a DRA cluster: kube-scheduler would call the extender only for pods requesting a listed
+    # resource, and a claim is not a resource request.
+    {{- else }}
     # Exact names only: kube-scheduler accepts no wildcards, so every MIG resource of the catalog is listed.
     managedResources:
       {{- range $resources }}
       - name: {{ . }}
         ignoredByScheduler: false
       {{- end }}
+    {{- end }}
 {{- end -}}
