@@ -3,11 +3,13 @@
     python bench/agent_bench.py                 # all three numbers (about 3 minutes: the CPU window is 150 s)
     python bench/agent_bench.py --duration 60   # a shorter CPU window
 
-Targets (issue 3): one scrape of 8 GPUs with MIG devices through the fake NVML library <= 5 ms; CPU at a 15 s
-interval < 1 % of one core; resident memory < 60 MB. The GPUs come from the fake libnvidia-ml.so.1 of the tests
-(compiled here with gcc) serving tests/data/agent/nvml-8xh100-mig.json: 8 H100s, each with seven 1g.10gb instances,
-read through the real pynvml. The agent talks to the tests' stand-in API server through the official client, as in
-a cluster. Numbers are printed, never asserted: this is a shared machine, compare within a run.
+Targets: one scrape of 8 GPUs with MIG devices, GPM activity and pod attribution through the fake NVML library
+<= 5 ms; CPU at a 15 s interval < 1 % of one core; resident memory < 60 MB. The GPUs come from the fake
+libnvidia-ml.so.1 of the tests (compiled here with gcc) serving tests/data/agent/nvml-8xh100-mig.json: 8 H100s, each
+with seven 1g.10gb instances with GPM, read through the real pynvml. The tests' stand-in kubelet answers PodResources
+`List` on a unix socket with tests/data/agent/podresources-8xh100-mig.json (each instance held by a pod of its own,
+96 pods). The agent talks to the tests' stand-in API server through the official client, as in a cluster. Numbers
+are printed, never asserted: this is a shared machine, compare within a run.
 """
 
 from __future__ import annotations
@@ -28,21 +30,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.agent.apiserver import FakeApiServer  # noqa: E402  (the tests' stand-in for kube-apiserver)
+from tests.agent.kubelet import FakeKubelet  # noqa: E402  (the tests' stand-in for the kubelet's PodResources API)
 
 SOURCE = ROOT / "tests" / "agent" / "fakenvml" / "fakenvml.c"
 NODE = ROOT / "tests" / "data" / "agent" / "nvml-8xh100-mig.json"
 TICKS = os.sysconf("SC_CLK_TCK")
 
+PODS = ROOT / "tests" / "data" / "agent" / "podresources-8xh100-mig.json"
+
 SCRAPE_CHILD = """
 import json, statistics, sys, time
+from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from node_agent.collector import GpuCollector
 from node_agent.metrics import AgentMetrics
 from node_agent.nvml import NvmlBackend
+from node_agent.podresources import PodResourcesClient
 
-backend = NvmlBackend()
+# GPM measures on every read here (min interval 0: the worst case); the kubelet is asked on the client's own
+# thread every 5 s, as in the agent, and its List is timed on its own below.
+backend = NvmlBackend(gpm_min_interval=0)
+pods = PodResourcesClient(Path(sys.argv[2]), max_age=5)
+pods.start()
+lister = PodResourcesClient(Path(sys.argv[2]), max_age=0)
 registry = CollectorRegistry()
-registry.register(GpuCollector(backend, hostname="bench-node", metrics=AgentMetrics(registry)))
+registry.register(GpuCollector(backend, hostname="bench-node", metrics=AgentMetrics(registry), pods=pods))
 rounds = int(sys.argv[1])
 for _ in range(20):
     generate_latest(registry)  # warm up: first reads probe the MIG profile table and unsupported fields
@@ -56,8 +68,15 @@ for _ in range(rounds):
     started = time.perf_counter()
     backend.read()
     reads.append(time.perf_counter() - started)
-print(json.dumps({"scrape": scrapes, "cpu": cpu, "read": reads, "bytes": len(body),
-                  "samples": sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))}))
+lists = []
+for _ in range(rounds):
+    started = time.perf_counter()
+    lister.allocations()
+    lists.append(time.perf_counter() - started)
+text = body.decode()
+print(json.dumps({"scrape": scrapes, "cpu": cpu, "read": reads, "list": lists, "bytes": len(body),
+                  "samples": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
+                  "attributed": text.count('pod="'), "engine": text.count("DCGM_FI_PROF_GR_ENGINE_ACTIVE{")}))
 """
 
 
@@ -81,14 +100,17 @@ def milliseconds(values: list[float]) -> str:
     return f"median {statistics.median(ordered) * 1e3:.2f} ms, p95 {p95 * 1e3:.2f} ms, max {ordered[-1] * 1e3:.2f} ms"
 
 
-def bench_scrape(library: Path, rounds: int) -> None:
-    result = subprocess.run([sys.executable, "-c", SCRAPE_CHILD, str(rounds)], env=environment(library), cwd=ROOT,
-                            capture_output=True, text=True, check=True)
+def bench_scrape(library: Path, socket: Path, rounds: int) -> None:
+    result = subprocess.run([sys.executable, "-c", SCRAPE_CHILD, str(rounds), str(socket)],
+                            env=environment(library), cwd=ROOT, capture_output=True, text=True, check=True)
     numbers = json.loads(result.stdout)
-    print(f"scrape of 8 GPUs x 7 MIG devices (NVML read + exposition, {numbers['samples']} samples, "
+    print(f"scrape of 8 GPUs x 7 MIG devices (NVML read with GPM + pod attribution + exposition, {numbers['samples']} "
+          f"samples, {numbers['engine']} of them GR_ENGINE_ACTIVE, {numbers['attributed']} with a pod, "
           f"{numbers['bytes']} bytes), {rounds} rounds: {milliseconds(numbers['scrape'])}")
     print(f"  CPU time of the same scrapes: {milliseconds(numbers['cpu'])}")
-    print(f"  the NVML read alone: {milliseconds(numbers['read'])}")
+    print(f"  the NVML read alone (GPM included): {milliseconds(numbers['read'])}")
+    print(f"  the kubelet List alone (96 pods; on the client's thread every 5 s, not in the scrape): "
+          f"{milliseconds(numbers['list'])}")
     print(f"  (load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 
@@ -114,10 +136,11 @@ def wait_ready(url: str, timeout: float = 30) -> None:
     sys.exit(f"the agent at {url} did not become ready")
 
 
-def bench_process(library: Path, kubeconfig: Path, duration: float, command: list[str], label: str) -> None:
+def bench_process(library: Path, kubeconfig: Path, socket: Path | None, duration: float, command: list[str],
+                  label: str) -> None:
     port = 19471
     args = ["--node-name", "bench-node", "--backend", "nvml", "--kubeconfig", str(kubeconfig), "--interval", "15",
-            "--host", "127.0.0.1", "--metrics-port", str(port)]
+            "--host", "127.0.0.1", "--metrics-port", str(port), "--pod-resources-socket", str(socket or "")]
     agent = subprocess.Popen([sys.executable, "-m", *command, *args], env=environment(library), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -133,12 +156,15 @@ def bench_process(library: Path, kubeconfig: Path, duration: float, command: lis
         cpu = process_cpu_seconds(agent.pid) - cpu_before
         elapsed = time.monotonic() - started
         rss, peak = process_memory_mib(agent.pid)
+        memory = process_memory_split(agent.pid)
         http = [timed_scrape(url) for _ in range(50)]
+        attributed = scrape_text(url).count('pod="')
     finally:
         agent.terminate()
         agent.wait(timeout=10)
     print(f"{label}: CPU {cpu / elapsed * 100:.3f} % of one core over {elapsed:.0f} s "
-          f"(interval 15 s, Prometheus scraping every 15 s); resident memory {rss:.1f} MiB (peak {peak:.1f} MiB)")
+          f"(interval 15 s, Prometheus scraping every 15 s); resident memory {rss:.1f} MiB (peak {peak:.1f} MiB; "
+          f"{memory}); {attributed} samples with a pod")
     print(f"  GET /metrics as Prometheus asks for it (OpenMetrics preferred, gzip), 50 requests: {milliseconds(http)}")
 
 
@@ -147,6 +173,19 @@ PROMETHEUS_HEADERS = {
               "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
     "Accept-Encoding": "gzip",
 }
+
+
+def process_memory_split(pid: int) -> str:
+    """Anonymous (the process' own) and file-backed (mapped code, shared with every process mapping the same
+    files) parts of the resident set."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    anon, file = (int(status[key].split()[0]) / 1024 for key in ("RssAnon", "RssFile"))
+    return f"anonymous {anon:.1f} MiB, file-backed {file:.1f} MiB"
+
+
+def scrape_text(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 def timed_scrape(url: str) -> float:
@@ -169,14 +208,17 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=150, help="seconds of the CPU window (default 150)")
     args = parser.parse_args()
     node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "bench-node", "labels": {}}}
-    with tempfile.TemporaryDirectory() as temporary, FakeApiServer([node]) as api_server:
+    with (tempfile.TemporaryDirectory() as temporary, FakeApiServer([node]) as api_server,
+          FakeKubelet(Path(temporary) / "kubelet.sock", json.loads(PODS.read_text())) as kubelet):
         work = Path(temporary)
         library = build_library(work)
         kubeconfig = api_server.write_kubeconfig(work / "kubeconfig")
-        bench_scrape(library, args.rounds)
-        bench_process(library, kubeconfig, args.duration, ["node_agent"], "python -m node_agent")
-        bench_process(library, kubeconfig, min(args.duration, 30), ["gpuguard", "agent"],
+        bench_scrape(library, kubelet.socket, args.rounds)
+        bench_process(library, kubeconfig, kubelet.socket, args.duration, ["node_agent"], "python -m node_agent")
+        bench_process(library, kubeconfig, kubelet.socket, min(args.duration, 30), ["gpuguard", "agent"],
                       "gpuguard agent (memory includes the other services' modules)")
+        bench_process(library, kubeconfig, None, min(args.duration, 20), ["node_agent"],
+                      "python -m node_agent --pod-resources-socket '' (no attribution: gRPC never loaded)")
         print(f"(the agents made {len(api_server.requests)} API requests in all: "
               f"{', '.join(sorted({f'{r.method} {r.path}' for r in api_server.requests}))})")
 

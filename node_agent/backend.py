@@ -2,7 +2,10 @@
 
 A reading is plain data: one `Snapshot` per read, holding each GPU with the fields that could be measured and
 `None` for those that could not (a sensor the GPU lacks, a function the driver does not export, a value that does
-not exist, such as utilization on a MIG-enabled GPU). Nothing here talks to hardware, Kubernetes or Prometheus.
+not exist, such as NVML utilization on a MIG-enabled GPU). Engine and SM activity come from NVML's GPU Performance
+Monitoring (GPM, Hopper and newer), per GPU and per GPU instance; as in DCGM they are ratios of time (0..1) over the
+interval between two samples, so the first read after a device appears has none. Nothing here talks to hardware,
+Kubernetes or Prometheus.
 """
 
 from __future__ import annotations
@@ -28,8 +31,18 @@ class ReadError:
 
 
 @dataclass(frozen=True, slots=True)
+class Activity:
+    """GPM activity over the last sampling interval, as ratios 0..1 (DCGM's `DCGM_FI_PROF_*` unit)."""
+
+    graphics: float | None = None
+    """Time a graphics or compute context was active (`DCGM_FI_PROF_GR_ENGINE_ACTIVE`)."""
+    sm: float | None = None
+    """Share of SMs busy (`DCGM_FI_PROF_SM_ACTIVE`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MigReading:
-    """One MIG device (GPU instance). NVML has no utilization per instance, so there is no such field."""
+    """One MIG device (GPU instance). NVML utilization does not exist per instance; GPM activity may."""
 
     gpu_instance_id: int
     profile: str
@@ -43,6 +56,8 @@ class MigReading:
     """A compute process runs on it."""
     memory_total_mib: int | None = None
     memory_used_mib: int | None = None
+    activity: Activity | None = None
+    """None where GPM is unsupported or has only one sample so far."""
 
     @property
     def memory_free_mib(self) -> int | None:
@@ -55,6 +70,8 @@ class GpuReading:
     uuid: str
     name: str
     """NVML device name, e.g. `NVIDIA H100 80GB HBM3` (dcgm-exporter's `modelName`)."""
+    pci_bus_id: str = ""
+    """NVML's PCI bus id, e.g. `00000000:19:00.0` (dcgm-exporter's `pci_bus_id`); "" when unreadable."""
     memory_total_mib: int | None = None
     memory_used_mib: int | None = None
     util_percent: float | None = None
@@ -71,6 +88,8 @@ class GpuReading:
     ecc_uncorrected_volatile: int | None = None
     ecc_corrected_aggregate: int | None = None
     ecc_uncorrected_aggregate: int | None = None
+    activity: Activity | None = None
+    """GPM activity of the whole GPU; never read while MIG is enabled (the instances carry it then)."""
     busy: bool | None = None
     """A compute process runs on the whole GPU; None when unknown."""
     mig_enabled: bool = False

@@ -29,6 +29,7 @@ from node_agent.app import Agent, open_backend, open_cluster
 from node_agent.backend import BackendUnavailable
 from node_agent.collector import GpuCollector
 from node_agent.metrics import AgentMetrics
+from node_agent.podresources import SOCKET, PodResourcesClient
 from node_agent.serving import HttpServer, create_http_app
 from node_agent.settings import AgentSettings, BackendName
 
@@ -57,6 +58,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPUs for the fake backend, in the node-annotation schema (YAML or JSON)")
     parser.add_argument("--fallback-to-null", action="store_true", default=bool(env_default("FALLBACK_TO_NULL")),
                         help="when NVML cannot start, report zero GPUs instead of exiting")
+    parser.add_argument(
+        "--pod-resources-socket", default=env_default("POD_RESOURCES_SOCKET", str(SOCKET)), metavar="PATH",
+        help=f"kubelet PodResources socket for pod/namespace/container labels (default {SOCKET}); '' turns them off",
+    )
     parser.add_argument("--host", default=env_default("HOST", "0.0.0.0"), help="address for the metrics port")
     parser.add_argument("--metrics-port", type=int, default=env_int("METRICS_PORT", 9401),
                         help="plain-HTTP /metrics, /healthz, /readyz (default 9401); 0 disables")
@@ -82,6 +87,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     return AgentSettings(
         node_name=args.node_name or socket.gethostname(), policy_path=args.policy, backend=backend,
         fake_gpus=args.fake_gpus, fallback_to_null=args.fallback_to_null, host=args.host,
+        pod_resources_socket=Path(args.pod_resources_socket) if args.pod_resources_socket else None,
         metrics_port=args.metrics_port, interval=args.interval, kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster, cluster_state=args.cluster_state, once=args.once, dry_run=args.dry_run,
     )
@@ -102,14 +108,17 @@ def run_agent(args: argparse.Namespace) -> int:
         return _fail(f"the policy {settings.policy_path} is invalid:\n{error}")
     except (BackendUnavailable, OSError) as error:
         return _fail(str(error))
+    pods = PodResourcesClient(settings.pod_resources_socket) if settings.pod_resources_socket else None
     try:
         api = open_cluster(settings)
-        registry.register(GpuCollector(backend, hostname=settings.node_name, metrics=metrics))
+        registry.register(GpuCollector(backend, hostname=settings.node_name, metrics=metrics, pods=pods))
         agent = Agent(settings, backend=backend, policy=policy, api=api, metrics=metrics)
-        return _run_once(agent) if settings.once else _serve(agent, registry, settings)
+        return _run_once(agent) if settings.once else _serve(agent, registry, settings, pods)
     except ClusterConfigError as error:
         return _fail(str(error))
     finally:
+        if pods is not None:
+            pods.close()
         backend.close()
 
 
@@ -125,7 +134,9 @@ def _run_once(agent: Agent) -> int:
     return 0 if ok else 1
 
 
-def _serve(agent: Agent, registry: CollectorRegistry, settings: AgentSettings) -> int:
+def _serve(
+    agent: Agent, registry: CollectorRegistry, settings: AgentSettings, pods: PodResourcesClient | None
+) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _: FrameType | None) -> None:
@@ -135,6 +146,8 @@ def _serve(agent: Agent, registry: CollectorRegistry, settings: AgentSettings) -
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = None
+    if pods is not None:
+        pods.start()
     if settings.metrics_port:
         try:
             server = HttpServer(create_http_app(registry, ready=lambda: agent.ready), host=settings.host,

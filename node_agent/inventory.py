@@ -4,8 +4,9 @@ Values are rounded before they are compared, so that noise does not cause a patc
 granularity the extender scores at) and memory in use to 256 MiB steps (allocators grow and shrink by a few MiB all
 the time). A published value also stays put while the reading is within one step of it, so a GPU hovering around
 42.5 % does not flip between 40 and 45 every cycle; the published value is thus never more than one step off.
-Utilization stays null where NVML cannot measure it (MIG-enabled GPUs), never an invented number. Pure: no I/O, no
-clock of its own.
+Utilization stays null where NVML cannot measure it (MIG-enabled GPUs), never an invented number; a MIG device
+carries its GPU instance's engine activity (GPM) in percent, in the same 5 % steps, where it was measured. Pure: no
+I/O, no clock of its own.
 """
 
 from __future__ import annotations
@@ -56,13 +57,21 @@ def gpu_entry(gpu: GpuReading, shown: GpuInventory | None = None) -> GpuInventor
         memory_mib=gpu.memory_total_mib or 0,  # 0: NVML could not tell (the extender then ignores memory)
         util_percent=min(util, 100) if util is not None else None,
         memory_used_mib=stable_value(gpu.memory_used_mib, shown.memory_used_mib if shown else None, MEMORY_STEP_MIB),
-        mig=MigState(enabled=gpu.mig_enabled, devices=tuple(mig_entry(m) for m in gpu.mig_devices)),
+        mig=MigState(enabled=gpu.mig_enabled, devices=_mig_entries(gpu, shown)),
     )
 
 
-def mig_entry(device: MigReading) -> MigDevice:
+def _mig_entries(gpu: GpuReading, shown: GpuInventory | None) -> tuple[MigDevice, ...]:
+    before = {d.uuid: d for d in shown.mig.devices} if shown is not None else {}
+    return tuple(mig_entry(m, before.get(m.uuid)) for m in gpu.mig_devices)
+
+
+def mig_entry(device: MigReading, shown: MigDevice | None = None) -> MigDevice:
+    activity = device.activity.graphics if device.activity is not None else None
+    util = stable_value(activity * 100 if activity is not None else None, shown.util_percent if shown else None,
+                        UTIL_STEP_PERCENT)
     return MigDevice(profile=device.profile, start=device.start, size=device.size, uuid=device.uuid,
-                     busy=device.busy)
+                     busy=device.busy, util_percent=min(util, 100) if util is not None else None)
 
 
 def same_content(a: NodeInventory | None, b: NodeInventory | None) -> bool:

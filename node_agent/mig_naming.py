@@ -1,9 +1,13 @@
-"""Name a MIG GPU instance the way the NVIDIA device plugin does (`1g.10gb`, `1g.10gb+me`), from NVML's numbers.
+"""Name a MIG GPU instance the way the NVIDIA device plugin does (`1g.10gb`, `1g.24gb+gfx`), from NVML's numbers.
 
-NVML does not hand out the profile name; the device plugin and GPU Feature Discovery (through go-nvlib) derive it
-from the instance's compute slices, its memory as a fraction of the GPU's (rounded up to eighths), and the GPU's
-memory in whole GB. Doing the same here makes the annotation's profile match the `nvidia.com/mig-<profile>` resource
-on the node. The suffix comes from the NVML GPU-instance profile enum. Pure: no NVML, no I/O.
+NVML does not hand out the profile name; the device plugin and GPU Feature Discovery (through go-nvlib,
+pkg/nvlib/device/mig_profile.go) derive it from the instance's compute slices, its memory as a fraction of the GPU's
+(rounded up to eighths, whatever the model's slice count), and the GPU's memory in whole GB. Doing the same here
+makes the annotation's profile match the `nvidia.com/mig-<profile>` resource on the node for every model. The
+catalog's profile names obey the same rule (its schema checks each against its memory share), so a name reported
+here is the name the node's model has in the catalog; where a driver sizes instances differently, the extender
+keeps the reported placements rather than the catalog's. The suffix comes from the NVML GPU-instance profile enum.
+Pure: no NVML, no I/O.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import math
 
 MEMORY_FRACTION_DENOMINATOR = 8
-"""go-nvlib rounds an instance's share of GPU memory up to eighths (the memory-slice grid of A100/H100/H200)."""
+"""go-nvlib rounds an instance's share of GPU memory up to eighths on every GPU (A30 and RTX PRO quarters are 2/8)."""
 
 # NVML_GPU_INSTANCE_PROFILE_* enum values whose names carry an attribute (pynvml constants of the same names).
 PROFILE_SUFFIXES: dict[int, str] = {

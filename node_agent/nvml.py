@@ -4,9 +4,10 @@ Every field is read on its own: a call that fails (`NotSupported` on a GPU witho
 on an older driver) drops that one field, is reported as a `ReadError`, and is not retried for that GPU (the answer
 will not change while the driver stays loaded). A GPU that reports `GpuIsLost`, or whose handle or UUID cannot be
 read, is left out of the snapshot entirely rather than half-reported. Utilization is never read while MIG is
-enabled: NVML has no per-instance utilization, and the whole-GPU number is not meaningful then. A MIG device's
-profile and placement are read once per device (they are fixed until the GPU is repartitioned, which gives the new
-devices new UUIDs); its memory and processes are read every time.
+enabled: NVML has no per-instance utilization, and the whole-GPU number is not meaningful then. GPM activity
+(`node_agent.gpm`) is read where NVML says the GPU supports it: per GPU instance on a MIG-enabled GPU, for the whole
+GPU otherwise. A MIG device's profile and placement are read once per device (they are fixed until the GPU is
+repartitioned, which gives the new devices new UUIDs); its memory and processes are read every time.
 
 This module must not decide anything (rounding, annotations, metric names): it only translates NVML into a
 `Snapshot`.
@@ -21,7 +22,8 @@ from typing import Any
 
 import pynvml
 
-from node_agent.backend import BackendUnavailable, GpuReading, MigReading, ReadError, Snapshot
+from node_agent.backend import Activity, BackendUnavailable, GpuReading, MigReading, ReadError, Snapshot
+from node_agent.gpm import MIN_INTERVAL, GpmError, GpmSampler, supported
 from node_agent.mig_naming import profile_name
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class _MigContext:
     gpu_mib: int | None
     enums: dict[int, int]
     known: dict[str, _Placement]
+    gpm: bool
+    """NVML says this GPU supports GPM: read each instance's activity."""
 
 
 class _Calls:
@@ -117,6 +121,37 @@ class _Calls:
                 self._backend.unsupported.add(key)
             return None
 
+    def activity(self, field: str, read: Callable[[], Activity | None]) -> Activity | None:
+        """A GPM reading, or None when it fails; a permanent failure is not retried on later reads."""
+        key = (self.uuid, field)
+        if key in self._backend.unsupported:
+            return None
+        try:
+            return read()
+        except GpmError as failure:
+            self._gpm_failed(key, failure)
+            return None
+
+    def gpm_supported(self, handle: Any) -> bool:
+        """NVML's answer, asked once per GPU (an answer that cannot change while the driver stays loaded)."""
+        known = self._backend.gpm_support.get(self.uuid)
+        if known is None:
+            try:
+                known = supported(handle)
+            except GpmError as failure:
+                self._gpm_failed(None, failure)
+                known = False
+            self._backend.gpm_support[self.uuid] = known
+        return known
+
+    def _gpm_failed(self, key: tuple[str, str] | None, failure: GpmError) -> None:
+        reason = error_name(failure.error)
+        self._errors.append(ReadError(failure.function, reason, self.gpu))
+        if reason in _GONE:
+            raise _GpuGone() from None
+        if key is not None and reason in _PERMANENT:
+            self._backend.unsupported.add(key)
+
     def _record(self, function: Callable[..., Any], error: pynvml.NVMLError) -> str:
         reason = error_name(error)
         self._errors.append(ReadError(function.__name__, reason, self.gpu))
@@ -126,13 +161,16 @@ class _Calls:
 class NvmlBackend:
     """Reads the node's GPUs through NVML. Construct it once; `close()` shuts NVML down."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, gpm_min_interval: float = MIN_INTERVAL) -> None:
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as error:
             raise BackendUnavailable(unavailable_message(error)) from None
         self.unsupported: set[tuple[str, str]] = set()
         """(GPU UUID, field) pairs that answered NotSupported or FunctionNotFound."""
+        self.gpm_support: dict[str, bool] = {}
+        """Per GPU UUID: whether NVML says it supports GPM."""
+        self._gpm = GpmSampler(min_interval=gpm_min_interval)
         self._profile_enums: dict[str, dict[int, int]] = {}
         """Per GPU UUID: GPU-instance profile id -> NVML profile enum (static for a GPU model)."""
         self._placements: dict[str, dict[str, _Placement]] = {}
@@ -147,10 +185,12 @@ class NvmlBackend:
         system = _Calls(self, errors, None)
         driver = system.optional("driver", pynvml.nvmlSystemGetDriverVersion) or ""
         count = system.optional("count", pynvml.nvmlDeviceGetCount) or 0
-        gpus = (self._read_gpu(index, errors) for index in range(count))
-        return Snapshot(driver=driver, gpus=tuple(g for g in gpus if g is not None), errors=tuple(errors))
+        gpus = tuple(g for g in (self._read_gpu(index, errors) for index in range(count)) if g is not None)
+        self._gpm.keep_only(_gpm_keys(gpus))
+        return Snapshot(driver=driver, gpus=gpus, errors=tuple(errors))
 
     def close(self) -> None:
+        self._gpm.close()
         try:
             pynvml.nvmlShutdown()
         except pynvml.NVMLError as error:
@@ -172,9 +212,11 @@ class NvmlBackend:
         mode = calls.optional("mig_mode", pynvml.nvmlDeviceGetMigMode, handle)
         mig_enabled = mode is not None and mode[0] == pynvml.NVML_DEVICE_MIG_ENABLE
         util = None if mig_enabled else calls.optional("util", pynvml.nvmlDeviceGetUtilizationRates, handle)
-        migs = self._mig_devices(calls, handle, total) if mig_enabled else ()
+        gpm = calls.gpm_supported(handle)
+        migs = self._mig_devices(calls, handle, total, gpm=gpm) if mig_enabled else ()
+        activity = calls.activity("gpm", lambda: self._gpm.gpu(calls.uuid, handle)) if gpm and not mig_enabled else None
         return GpuReading(
-            index=index, uuid=calls.uuid, name=name,
+            index=index, uuid=calls.uuid, name=name, pci_bus_id=_bus_id(calls, handle), activity=activity,
             memory_total_mib=total, memory_used_mib=memory.used // MIB if memory is not None else None,
             util_percent=float(util.gpu) if util is not None else None,
             memory_util_percent=float(util.memory) if util is not None else None,
@@ -183,10 +225,10 @@ class NvmlBackend:
             mig_enabled=mig_enabled, mig_devices=migs,
         )
 
-    def _mig_devices(self, calls: _Calls, handle: Any, gpu_mib: int | None) -> tuple[MigReading, ...]:
+    def _mig_devices(self, calls: _Calls, handle: Any, gpu_mib: int | None, *, gpm: bool) -> tuple[MigReading, ...]:
         slots = calls.optional("mig_slots", pynvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
         context = _MigContext(handle, gpu_mib, self._profile_enum_table(calls.uuid, handle),
-                              known=self._placements.get(calls.uuid, {}))
+                              known=self._placements.get(calls.uuid, {}), gpm=gpm)
         devices = [d for d in (self._mig_device(calls, context, slot) for slot in range(slots)) if d is not None]
         # A new dict, never one another thread is reading: the scrape and the report cycle read concurrently.
         self._placements[calls.uuid] = {d.uuid: _placement(d) for d in devices}
@@ -207,7 +249,14 @@ class NvmlBackend:
             size=placement.size, uuid=uuid, busy=bool(_busy(calls, f"processes/{uuid}", device)),
             memory_total_mib=memory.total // MIB if memory is not None else None,
             memory_used_mib=memory.used // MIB if memory is not None else None,
+            activity=self._instance_activity(calls, context, placement.gpu_instance_id),
         )
+
+    def _instance_activity(self, calls: _Calls, context: _MigContext, instance_id: int) -> Activity | None:
+        if not context.gpm:
+            return None
+        key = instance_key(calls.uuid, instance_id)
+        return calls.activity(f"gpm/{key}", lambda: self._gpm.instance(key, context.parent, instance_id))
 
     def _read_placement(self, calls: _Calls, context: _MigContext, device: Any) -> _Placement:
         """Profile and placement of a MIG device: fixed for its lifetime (a reconfigured GPU has new UUIDs)."""
@@ -233,6 +282,26 @@ class NvmlBackend:
                         log.info("GPU %s: MIG profile %d unreadable (%s)", uuid, enum, error_name(error))
             self._profile_enums[uuid] = table
         return self._profile_enums[uuid]
+
+
+def instance_key(gpu_uuid: str, instance_id: int) -> str:
+    """The GPM sampler's key of a GPU instance (GPM samples GPU instances, not compute instances)."""
+    return f"{gpu_uuid}/gi{instance_id}"
+
+
+def _gpm_keys(gpus: tuple[GpuReading, ...]) -> set[str]:
+    keys = {g.uuid for g in gpus}
+    keys.update(instance_key(g.uuid, m.gpu_instance_id) for g in gpus for m in g.mig_devices)
+    return keys
+
+
+def _bus_id(calls: _Calls, handle: Any) -> str:
+    """`nvmlPciInfo_t.busId` (the 32-byte field, `00000000:19:00.0`), as dcgm-exporter's `pci_bus_id` shows it."""
+    info = calls.optional("pci", pynvml.nvmlDeviceGetPciInfo_v3, handle)
+    if info is None:
+        return ""
+    value = info.busId
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _sensors(calls: _Calls, handle: Any) -> dict[str, Any]:

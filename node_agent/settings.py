@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from node_agent.podresources import SOCKET
+
 BackendName = Literal["nvml", "fake", "null"]
 
 
@@ -18,6 +20,9 @@ class AgentSettings:
     backend: BackendName = "nvml"
     fake_gpus: Path | None = None
     """The fake backend's GPU file (node-annotation schema)."""
+    pod_resources_socket: Path | None = SOCKET
+    """The kubelet's PodResources socket, for the `pod`, `namespace`, `container` labels; None: no attribution.
+    A missing socket is logged once and the labels are left out (the chart mounts the directory read-only)."""
     fallback_to_null: bool = False
     """When NVML cannot start, run with the null backend (zero GPUs) instead of exiting."""
     host: str = "0.0.0.0"

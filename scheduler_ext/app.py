@@ -148,7 +148,7 @@ def _parse(app: web.Application, body: bytes) -> ExtenderArgs:
 
 def _filter(app: web.Application, args: ExtenderArgs) -> FilterOutcome:
     board, scheduling, now = app[keys.BOARD].nodes, app[keys.POLICY].policy.scheduling, app[keys.CLOCK]()
-    store = app[keys.STORE]
+    store = _store(app)
     if args.nodes is not None:
         states = store.states_for_objects(args.nodes.items)
         return decide_filter(args, states, utilization=board, scheduling=scheduling, now=now)
@@ -158,12 +158,19 @@ def _filter(app: web.Application, args: ExtenderArgs) -> FilterOutcome:
 
 def _prioritize(app: web.Application, args: ExtenderArgs) -> tuple[list[str], list[int]]:
     board, scheduling, now = app[keys.BOARD].nodes, app[keys.POLICY].policy.scheduling, app[keys.CLOCK]()
-    store = app[keys.STORE]
+    store = _store(app)
     if args.nodes is not None:
         states = store.states_for_objects(args.nodes.items)
         return decide_priorities(args, states, utilization=board, scheduling=scheduling, now=now)
     _require_cache(app)
     return decide_priorities_names(args, store.index, utilization=board, scheduling=scheduling, now=now)
+
+
+def _store(app: web.Application) -> InventoryStore:
+    """The node cache, its MIG layouts resolved through the catalog of the policy in force."""
+    store = app[keys.STORE]
+    store.use_catalog(app[keys.POLICY].policy.catalog)
+    return store
 
 
 def _require_cache(app: web.Application) -> None:

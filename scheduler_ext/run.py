@@ -32,7 +32,7 @@ def run_extender(settings: ExtenderSettings) -> int:
     GCCollector(registry=registry)
     try:
         policy = PolicySource(settings.policy_path, registry=registry)
-        store = InventoryStore(pods_known=settings.has_node_source)
+        store = InventoryStore(pods_known=settings.has_node_source, catalog=policy.policy.catalog)
         board = UtilizationBoard()
         metrics = ExtenderMetrics(registry)
         background = _background(settings, store, board, metrics, policy)
@@ -87,6 +87,7 @@ def _background(
         poller = PrometheusPoller(
             PollerSettings(settings.prometheus_url, settings.prometheus_interval, settings.prometheus_timeout), board,
             on_result=lambda result: _after_refresh(result, metrics, store, board, policy),
+            catalog=lambda: policy.policy.catalog,
         )
         contexts.append(lambda _: poller.running())
     return contexts

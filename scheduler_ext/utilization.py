@@ -9,7 +9,7 @@ keeps only the labels we read, which shrinks the answer for big clusters.
 Labels accepted: the node from `Hostname` (dcgm-exporter before #655 and the gpuguard agent), `hostname` (after),
 `node` (a common relabelling), or their `exported_*` forms (a ServiceMonitor with honorLabels: false); the GPU from
 `UUID` (or `uuid` with --use-old-namespace); MIG instances from `GPU_I_ID`/`GPU_I_PROFILE`, folded into their parent
-GPU weighted by the profile's compute slices (`modelName` gives the catalog model).
+GPU weighted by the profile's compute slices (`modelName` gives the model, in the catalog of the policy in force).
 
 A failed refresh (down, slow, or garbage) keeps the previous samples, which then age out on their own; it is
 logged once per distinct error and counted.
@@ -24,12 +24,14 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
 
 from gpuguard.policy import mig
-from gpuguard.policy.gpustate import GpuSample, NodeUtilization
+from gpuguard.policy.catalog import MigCatalog
+from gpuguard.policy.gpustate import GpuSample, NodeUtilization, mig_gpu_sample
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +87,13 @@ class _Gpu:
     compute_slices: int = 0
 
 
-def snapshot(answers: Mapping[str, Series]) -> dict[str, NodeUtilization]:
+def snapshot(answers: Mapping[str, Series], *, catalog: MigCatalog = mig.BUILTIN) -> dict[str, NodeUtilization]:
     """Per node, one sample per GPU, from the four query answers of `queries()`."""
     gpus: dict[tuple[str, str], _Gpu] = {}
     for name, ratio in (("util", False), ("engine", True)):
         stamps = {_identity(s["metric"]): _number(s) for s in answers.get(f"{name}_at", [])}
         for series in answers.get(name, []):
-            _collect(gpus, series, stamps.get(_identity(series["metric"])), ratio=ratio)
+            _collect(gpus, series, stamps.get(_identity(series["metric"])), ratio=ratio, catalog=catalog)
     nodes: dict[str, list[GpuSample]] = {}
     for (node, uuid), gpu in gpus.items():
         sample = _fold(uuid, gpu)
@@ -117,7 +119,9 @@ def _first(labels: Mapping[str, Any], names: tuple[str, ...]) -> str:
     return next((str(labels[n]) for n in names if labels.get(n)), "")
 
 
-def _collect(gpus: dict[tuple[str, str], _Gpu], series: Mapping[str, Any], at: float | None, *, ratio: bool) -> None:
+def _collect(
+    gpus: dict[tuple[str, str], _Gpu], series: Mapping[str, Any], at: float | None, *, ratio: bool, catalog: MigCatalog
+) -> None:
     labels = series["metric"]
     node, uuid, value = _first(labels, NODE_LABELS), _first(labels, UUID_LABELS), _number(series)
     if not node or not uuid or value is None or at is None:
@@ -126,7 +130,7 @@ def _collect(gpus: dict[tuple[str, str], _Gpu], series: Mapping[str, Any], at: f
     gpu = gpus.setdefault((node, uuid), _Gpu())
     if labels.get(INSTANCE_LABEL) or labels.get(PROFILE_LABEL):
         if ratio:
-            slices, total = _compute_slices(labels)
+            slices, total = _compute_slices(labels, catalog)
             gpu.instances.append((percent, at, slices))
             gpu.compute_slices = total
     elif ratio:
@@ -135,9 +139,9 @@ def _collect(gpus: dict[tuple[str, str], _Gpu], series: Mapping[str, Any], at: f
         gpu.util = (percent, at)
 
 
-def _compute_slices(labels: Mapping[str, Any]) -> tuple[int, int]:
-    """(the instance's compute slices, the GPU's) from the catalog; (1, 0) when the model or profile is unknown."""
-    model = mig.model_for_product(mig.product_label_from_name(str(labels.get(MODEL_LABEL, ""))))
+def _compute_slices(labels: Mapping[str, Any], catalog: MigCatalog) -> tuple[int, int]:
+    """(the instance's compute slices, the GPU's) from its model; (1, 0) when the model or profile is unknown."""
+    model = catalog.model_for_product(mig.product_label_from_name(str(labels.get(MODEL_LABEL, ""))))
     profile = model.profile(str(labels.get(PROFILE_LABEL, ""))) if model else None
     if model is None or profile is None:
         return 1, 0
@@ -147,11 +151,8 @@ def _compute_slices(labels: Mapping[str, Any]) -> tuple[int, int]:
 def _fold(uuid: str, gpu: _Gpu) -> GpuSample | None:
     """MIG instances (weighted by compute slices) win over the GPU-level metrics, which are void under MIG."""
     if gpu.instances:
-        if gpu.compute_slices:
-            busy = sum(p * s for p, _, s in gpu.instances) / gpu.compute_slices
-        else:
-            busy = sum(p for p, _, _ in gpu.instances) / len(gpu.instances)
-        return GpuSample(uuid, min(busy, 100.0), min(at for _, at, _ in gpu.instances), mig=True)
+        return mig_gpu_sample(uuid, [(p, s) for p, _, s in gpu.instances], compute_slices=gpu.compute_slices,
+                              at=min(at for _, at, _ in gpu.instances))
     chosen = gpu.util or gpu.engine
     return GpuSample(uuid, chosen[0], chosen[1]) if chosen else None
 
@@ -179,18 +180,21 @@ class PollerSettings:
 
 class PrometheusPoller:
     def __init__(
-        self, settings: PollerSettings, board: UtilizationBoard, *, on_result: Callable[[str], None] | None = None
+        self, settings: PollerSettings, board: UtilizationBoard, *, on_result: Callable[[str], None] | None = None,
+        catalog: Callable[[], MigCatalog] = lambda: mig.BUILTIN,
     ) -> None:
         self._settings = settings
         self._board = board
         self._on_result = on_result or (lambda _result: None)
+        self._catalog = catalog
+        """The catalog of the policy in force, asked on every refresh."""
         self._last_error = ""
 
     async def refresh(self, session: aiohttp.ClientSession) -> bool:
         """One refresh; True when the board was replaced."""
         try:
             answers = await asyncio.wait_for(self._fetch(session), self._settings.timeout)
-            nodes = await asyncio.to_thread(snapshot, answers)
+            nodes = await asyncio.to_thread(partial(snapshot, answers, catalog=self._catalog()))
         except (aiohttp.ClientError, asyncio.TimeoutError, PrometheusError, ValueError, OSError) as error:
             self._fail(error)
             return False

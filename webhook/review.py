@@ -15,13 +15,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gpuguard.contracts.admission import AdmissionRequest, AdmissionResponse, allow, deny
-from gpuguard.policy import inferenceservice, podspec
+from gpuguard.policy import admission, inferenceservice, podspec
 from gpuguard.policy.model import Mode, Policy
-from gpuguard.policy.mutation import plan_pod
 from gpuguard.policy.podspec import JsonObject
-from gpuguard.policy.resolve import Effective, Problem, resolve
-from gpuguard.policy.runtime import Runtime, runtime_of_container
-from gpuguard.policy.validation import pod_problems
+from gpuguard.policy.resolve import Problem, namespace_mode_and_limits
 
 Decision = Literal["ignored", "skipped", "allowed", "patched", "denied", "warned", "audited"]
 VIOLATIONS_AUDIT_KEY = "gpuguard.io/violations"
@@ -43,28 +40,29 @@ def mutate(request: AdmissionRequest, policy: Policy) -> Outcome:
     pod = _pod_in_scope(request)
     if pod is None:
         return _ignored(request)
-    runtime = _pod_runtime(pod)
-    effective = _resolve(policy, request, pod, runtime)
-    if effective.skip:
-        return Outcome(allow(request.uid), "skipped", "Pod", effective.rule)
-    plan = plan_pod(pod, effective, runtime=runtime)
+    seen = admission.view(pod, policy, namespace=namespace_of(request))
+    if seen.effective.skip:
+        return Outcome(allow(request.uid), "skipped", "Pod", seen.effective.rule)
+    plan = admission.plan(pod, seen)
     response = allow(request.uid, ops=plan.ops, warnings=plan.warnings)
-    return Outcome(response, "patched" if plan.ops else "allowed", "Pod", effective.rule, plan.changes)
+    return Outcome(response, "patched" if plan.ops else "allowed", "Pod", seen.effective.rule, plan.changes)
 
 
 def validate(request: AdmissionRequest, policy: Policy) -> Outcome:
     pod = _pod_in_scope(request)
     if pod is not None:
-        effective = _resolve(policy, request, pod, _pod_runtime(pod))
-        if effective.skip:
-            return Outcome(allow(request.uid), "skipped", "Pod", effective.rule)
-        return _judge(request, "Pod", effective, pod_problems(podspec.spec_of(pod), effective))
+        seen = admission.view(pod, policy, namespace=namespace_of(request))
+        if seen.effective.skip:
+            return Outcome(allow(request.uid), "skipped", "Pod", seen.effective.rule)
+        return _judge(request, "Pod", seen.effective.rule, seen.effective.mode, admission.problems(pod, seen))
     isvc = _isvc(request)
     if isvc is not None:
-        effective = _resolve(policy, request, isvc, inferenceservice.runtime_of(isvc))
-        if effective.skip:
-            return Outcome(allow(request.uid), "skipped", inferenceservice.KIND, effective.rule)
-        return _judge(request, inferenceservice.KIND, effective, inferenceservice.isvc_problems(isvc, effective))
+        namespace = namespace_of(request)
+        verdict = inferenceservice.judge(isvc, policy, namespace=namespace)
+        if verdict.skip:
+            return Outcome(allow(request.uid), "skipped", inferenceservice.KIND, verdict.rule)
+        mode, _ = namespace_mode_and_limits(policy, namespace)
+        return _judge(request, inferenceservice.KIND, verdict.rule, mode, verdict.problems, notes=verdict.warnings)
     return _ignored(request)
 
 
@@ -85,21 +83,6 @@ def _isvc(request: AdmissionRequest) -> JsonObject | None:
     return request.object
 
 
-def _pod_runtime(pod: JsonObject) -> Runtime:
-    container = podspec.model_container(podspec.spec_of(pod))
-    return runtime_of_container(container.body) if container is not None else "custom"
-
-
-def _resolve(policy: Policy, request: AdmissionRequest, obj: JsonObject, runtime: Runtime) -> Effective:
-    return resolve(
-        policy,
-        namespace=namespace_of(request),
-        runtime=runtime,
-        labels=podspec.labels_of(obj),
-        annotations=podspec.annotations_of(obj),
-    )
-
-
 def namespace_of(request: AdmissionRequest) -> str:
     """request.namespace first: object.metadata.namespace is usually empty on pod CREATE."""
     obj = request.object or {}
@@ -113,19 +96,24 @@ def display_name(request: AdmissionRequest) -> str:
     return f"{namespace_of(request)}/{name}"
 
 
-def _judge(request: AdmissionRequest, kind: str, effective: Effective, problems: Sequence[Problem]) -> Outcome:
+def _judge(
+    request: AdmissionRequest, kind: str, rule: str, mode: Mode, problems: Sequence[Problem],
+    *, notes: Sequence[str] = (),
+) -> Outcome:
+    """Deny, warn or audit per the mode; `notes` travel as warnings whatever the decision."""
+    extra = [f"gpuguard: {n}" for n in notes]
     if not problems:
-        return Outcome(allow(request.uid), "allowed", kind, effective.rule)
+        return Outcome(allow(request.uid, warnings=extra), "allowed", kind, rule)
     messages = [str(p) for p in problems]
-    mode: Mode = effective.mode
     if mode == "enforce":
         text = f"gpuguard denied {kind} {display_name(request)}: " + "; ".join(messages)
-        return Outcome(deny(request.uid, text), "denied", kind, effective.rule, problems=tuple(problems))
+        return Outcome(deny(request.uid, text, warnings=extra), "denied", kind, rule, problems=tuple(problems))
     if mode == "warn":
-        response = allow(request.uid, warnings=[f"gpuguard: {m}" for m in messages])
-        return Outcome(response, "warned", kind, effective.rule, problems=tuple(problems))
+        response = allow(request.uid, warnings=[f"gpuguard: {m}" for m in messages] + extra)
+        return Outcome(response, "warned", kind, rule, problems=tuple(problems))
     audit = {VIOLATIONS_AUDIT_KEY: "; ".join(messages)}
-    return Outcome(allow(request.uid, audit=audit), "audited", kind, effective.rule, problems=tuple(problems))
+    return Outcome(allow(request.uid, audit=audit, warnings=extra), "audited", kind, rule,
+                   problems=tuple(problems))
 
 
 def _ignored(request: AdmissionRequest) -> Outcome:

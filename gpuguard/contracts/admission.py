@@ -90,10 +90,21 @@ class PodMetadataView(TypedDict, total=False):
 class ResourcesView(TypedDict, total=False):
     limits: dict[str, Any] | None
     requests: dict[str, Any] | None
+    claims: list[Any] | None
 
 
 class SecurityContextView(TypedDict, total=False):
     privileged: Any
+
+
+class EnvVarView(TypedDict, total=False):
+    name: Any
+    value: Any
+    valueFrom: Any
+
+
+class VolumeMountView(TypedDict, total=False):
+    mountPath: Any
 
 
 class ContainerView(TypedDict, total=False):
@@ -103,6 +114,11 @@ class ContainerView(TypedDict, total=False):
     args: list[Any] | None
     resources: ResourcesView | None
     securityContext: SecurityContextView | None
+    restartPolicy: Any
+    env: list[EnvVarView] | None
+    """Read for NVIDIA_VISIBLE_DEVICES (device access without a request)."""
+    volumeMounts: list[VolumeMountView] | None
+    """Read for mounts under /var/run/nvidia-container-devices (the runtime's volume-mount device requests)."""
 
 
 class PodSpecView(TypedDict, total=False):
@@ -110,7 +126,9 @@ class PodSpecView(TypedDict, total=False):
     initContainers: list[ContainerView] | None
     tolerations: list[Any] | None
     nodeSelector: dict[str, Any] | None
+    affinity: dict[str, Any] | None
     schedulerName: Any
+    resourceClaims: list[Any] | None
 
 
 class PodView(TypedDict, total=False):

@@ -1,11 +1,16 @@
 """The node annotation `gpuguard.io/gpu-inventory`, version 1: what the node agent tells the extender.
 
 JSON: `{"v": 1, "ts": RFC3339, "driver": str, "gpus": [{"index", "uuid", "product", "memoryMiB", "utilPercent",
-"memoryUsedMiB", "mig": {"enabled": bool, "devices": [{"profile", "start", "size", "uuid", "busy"}]}}]}`.
+"memoryUsedMiB", "mig": {"enabled": bool, "devices": [{"profile", "start", "size", "uuid", "busy", "utilPercent"?}]}}]}`.
 
 This is our own format, so unknown fields are errors and a version other than 1 is refused: an extender must never
 guess at an annotation written by a newer agent. `utilPercent` is null where NVML cannot measure it (MIG-enabled
-GPUs report no utilization per instance), never an invented number; readers treat null as "unknown".
+GPUs report no utilization per instance), never an invented number; readers treat null as "unknown". A MIG device's
+optional `utilPercent` is its GPU instance's engine activity (GPM, Hopper and newer; DCGM's
+`DCGM_FI_PROF_GR_ENGINE_ACTIVE` in percent), left out entirely where it is not measured, so an agent without GPM
+writes exactly what it wrote before the field existed. Adding it kept version 1: every annotation valid before is
+valid now with the same meaning. An extender that predates the field refuses annotations that carry it as invalid
+(and scores such nodes as it would without an annotation); the chart upgrades the extender and the agent together.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class MigDevice(InventoryModel):
     uuid: str
     busy: bool
     """True when a process runs on the device."""
+    util_percent: float | None = Field(alias="utilPercent", default=None, ge=0, le=100,
+                                       exclude_if=lambda value: value is None)
+    """Engine activity of the GPU instance in percent, rounded to 5 by the agent; absent when not measured."""
 
 
 class MigState(InventoryModel):

@@ -158,5 +158,5 @@ def _mig_device(node: str, index: int, profile: str, start: int, busy: bool) -> 
     assert model is not None
     entry = model.profile(profile)
     assert entry is not None
-    return {"profile": profile, "start": start, "size": entry.memory_slices, "busy": busy,
+    return {"profile": profile, "start": start, "size": entry.size, "busy": busy,
             "uuid": f"MIG-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{node}/{index}/{start}')}"}

@@ -28,6 +28,7 @@ from gpuguard.contracts.admission import AdmissionResponse, decode_patch
 from gpuguard.contracts.extender import ExtenderFilterResult, HostPriorityList
 from gpuguard.k8s.cluster_state import ClusterStateFile
 from gpuguard.policy import podspec
+from gpuguard.policy.resources import is_gpu_resource
 
 WEBHOOK_HOST = "gpuguard-webhook.gpuguard.svc"
 """The name kube-apiserver calls the webhook by; its certificate must carry it."""
@@ -113,7 +114,7 @@ def describe_patch(ops: Sequence[Mapping[str, Any]]) -> list[str]:
         path, value = str(op["path"]), op["value"]
         if "/resources" in path:
             limits = value.get("limits", value) if isinstance(value, dict) else {path.rsplit("/", 1)[-1]: value}
-            described += [f"{_unescape(k)}: {v}" for k, v in limits.items() if podspec.is_gpu_resource(_unescape(k))]
+            described += [f"{_unescape(k)}: {v}" for k, v in limits.items() if is_gpu_resource(_unescape(k))]
         elif path.startswith("/spec/tolerations"):
             items = value if isinstance(value, list) else [value]
             described += [f"toleration {t.get('key', '*')}" for t in items]
@@ -122,10 +123,23 @@ def describe_patch(ops: Sequence[Mapping[str, Any]]) -> list[str]:
             described += [f"nodeSelector {_unescape(k)}={v}" for k, v in pairs]
         elif path == "/spec/schedulerName":
             described.append(f"schedulerName {value}")
+        elif path.startswith("/spec/affinity"):
+            described += [f"node affinity {e['key']} {e['operator']} {','.join(e['values'])}" for e in _expressions(value)]
         elif path.startswith("/metadata/annotations"):
             pairs = value.items() if isinstance(value, dict) else [(path.rsplit("/", 1)[-1], value)]
             described += [f"{_unescape(k)}={v}" for k, v in pairs if _unescape(k).startswith("prometheus.")]
     return described
+
+
+def _expressions(value: Any) -> list[dict[str, Any]]:
+    """The match expressions anywhere inside an added affinity subtree (or the one expression added)."""
+    if isinstance(value, dict) and "key" in value and "operator" in value:
+        return [value]
+    if isinstance(value, dict):
+        return [e for v in value.values() for e in _expressions(v)]
+    if isinstance(value, list):
+        return [e for v in value for e in _expressions(v)]
+    return []
 
 
 def _unescape(segment: str) -> str:
@@ -158,11 +172,37 @@ def scheduler_candidates(pod: Mapping[str, Any], nodes: Sequence[Mapping[str, An
                        if t.get("effect") in ("NoSchedule", "NoExecute") and not _tolerated(t, tolerations)]
         if missing:
             dropped[name] = f"nodeSelector {missing[0]}"
+        elif not _affinity_admits(spec, labels):
+            dropped[name] = "required node affinity"
         elif untolerated:
             dropped[name] = f"taint {untolerated[0]}"
         else:
             kept.append(name)
     return kept, dropped
+
+
+def _affinity_admits(spec: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
+    """kube-scheduler's NodeAffinity filter: some required term (ORed) whose expressions (ANDed) all hold."""
+    node_affinity = podspec.mapping(podspec.mapping(spec.get("affinity")).get("nodeAffinity"))
+    required = podspec.mapping(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution"))
+    terms = [podspec.mapping(t) for t in podspec.sequence(required.get("nodeSelectorTerms"))]
+    return not terms or any(all(_holds(podspec.mapping(e), labels)
+                                for e in podspec.sequence(t.get("matchExpressions"))) for t in terms)
+
+
+def _holds(expression: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
+    key, operator = str(expression.get("key")), expression.get("operator")
+    values = [str(v) for v in podspec.sequence(expression.get("values"))]
+    present, value = key in labels, str(labels.get(key, ""))
+    if operator == "In":
+        return present and value in values
+    if operator == "NotIn":
+        return not present or value not in values
+    if operator == "Exists":
+        return present
+    if operator == "DoesNotExist":
+        return not present
+    return True  # Gt/Lt on numeric labels: the demo's pods use none
 
 
 def _tolerated(taint: Mapping[str, Any], tolerations: Sequence[Mapping[str, Any]]) -> bool:

@@ -1,6 +1,7 @@
 """The demo's workload: KServe predictor pods as KServe creates them, before gpuguard has touched them.
 
-None of them says anything about GPUs except the last two, and the last one gets it wrong: that is the point.
+None of them says anything about GPUs except the last two, and the last one gets it wrong: that is the point. Two
+carry the label their owners put on small GPU models; one runs a CPU-only server and must get no GPU at all.
 Pure data.
 """
 
@@ -22,6 +23,8 @@ class DemoPod:
     command: tuple[str, ...] = ()
     annotations: dict[str, str] = field(default_factory=dict)
     limits: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    """Labels the InferenceService carries (KServe copies them to its pods)."""
 
 
 PODS: tuple[DemoPod, ...] = (
@@ -31,10 +34,14 @@ PODS: tuple[DemoPod, ...] = (
     DemoPod("llama3-8b", "llm-prod", "vLLM, llm-* namespace",
             "vllm/vllm-openai:v0.6.3", command=("python3", "-m", "vllm.entrypoints.openai.api_server"),
             args=("--model=/mnt/models", "--port=8080")),
-    DemoPod("sklearn-iris", "models", "scikit-learn, small",
+    DemoPod("sklearn-iris", "models", "scikit-learn (a CPU-only server)",
             "kserve/sklearnserver:v0.14.0", args=("--model_name=iris", "--model_dir=/mnt/models")),
-    DemoPod("xgboost-fraud", "models", "XGBoost, small",
-            "kserve/xgbserver:v0.14.0", args=("--model_name=fraud", "--model_dir=/mnt/models")),
+    DemoPod("distilbert-sst2", "models", "Hugging Face, marked small",
+            "kserve/huggingfaceserver:v0.14.0", args=("--model_name=distilbert-sst2", "--model_dir=/mnt/models"),
+            labels={"gpuguard.io/model-size": "small"}),
+    DemoPod("yolo-detect", "models", "TorchServe, marked small",
+            "pytorch/torchserve-kfs:0.9.0", args=("torchserve", "--start", "--model-store=/mnt/models"),
+            labels={"gpuguard.io/model-size": "small"}),
     DemoPod("bert-dev", "sandbox-alice", "asks for a time-sliced GPU",
             "ghcr.io/alice/bert-dev:0.3", command=("/app/serve",),
             annotations={"gpuguard.io/sharing": "time-slicing"}),
@@ -73,6 +80,7 @@ def predictor_pod(pod: DemoPod, *, hash_suffix: str = "7d9f8c6b5d") -> dict[str,
                 "component": "predictor",
                 "serving.kserve.io/inferenceservice": pod.name,
                 "pod-template-hash": hash_suffix,
+                **pod.labels,
             },
             "annotations": {"serving.kserve.io/deploymentMode": "Standard", **pod.annotations},
         },

@@ -31,6 +31,7 @@ from gpuguard.demo.services import (
     wait_ready,
 )
 from gpuguard.k8s.cluster_state import ClusterStateFile
+from gpuguard.policy.gpustate import gpu_request
 from gpuguard.web.tls import default_sans, ensure_self_signed
 
 DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
@@ -213,6 +214,8 @@ async def _schedule_all(stage: _Stage, endpoints: flow.Endpoints, settings: Demo
             if not trip.node:
                 continue
             await asyncio.to_thread(flow.bind, stage.state, pod, trip.node)
+            if not gpu_request(pod).wants_gpu:
+                continue  # the extender's cache counts only pods holding GPUs
             bound += 1
             await flow.wait_for_metric(session, endpoints.extender + "/metrics", "gpuguard_extender_cache_gpu_pods",
                                        at_least=bound, timeout=settings.timeout)

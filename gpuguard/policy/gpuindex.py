@@ -44,6 +44,8 @@ class GpuIndex:
         self._has: dict[str, set[str]] = {}
         """resource -> names with some allocatable."""
         self._product: dict[str, set[str]] = {}
+        self._sharing: dict[str, set[str]] = {}
+        """sharing-strategy label value -> names (nodes without the label are not listed)."""
         self._single: set[str] = set()
         self._floors: list[tuple[float, str]] = []
         """(reported whole-GPU floor, name), sorted: nodes whose agent annotation shows busy whole GPUs."""
@@ -77,6 +79,8 @@ class GpuIndex:
             self._has.setdefault(resource, set()).add(name)
             self._free.setdefault(resource, {}).setdefault(state.free_of(resource), set()).add(name)
         self._product.setdefault(state.product, set()).add(name)
+        if state.sharing:
+            self._sharing.setdefault(state.sharing, set()).add(name)
         if state.mig_single:
             self._single.add(name)
         if state.reported is not None:
@@ -92,6 +96,8 @@ class GpuIndex:
             self._has[resource].discard(name)
             self._free[resource][state.free_of(resource)].discard(name)
         self._product[state.product].discard(name)
+        if state.sharing:
+            self._sharing[state.sharing].discard(name)
         self._single.discard(name)
         if state.reported is not None:
             _discard_sorted(self._floors, (state.reported.whole_floor, name))
@@ -112,6 +118,13 @@ class GpuIndex:
 
     def with_product(self, product: str, among: set[str]) -> set[str]:
         return among & self._product.get(product, set())
+
+    def sharing_in(self, strategies: frozenset[str], among: set[str]) -> set[str]:
+        """Of `among`, the names whose sharing-strategy label is one of `strategies`."""
+        found: set[str] = set()
+        for strategy in strategies:
+            found |= among & self._sharing.get(strategy, set())
+        return found
 
     def free_groups(self, resource: str, count: int, among: set[str]) -> list[tuple[int, set[str]]]:
         """(free devices, names) for the names of `among` with at least `count` free, fewest free first."""
@@ -273,6 +286,8 @@ def filter_names(
     suspects = index.short_of(resource, count, among)
     if request.product is not None:
         suspects |= index.not_product(request.product, among)
+    if request.avoid_sharing:
+        suspects |= index.sharing_in(request.avoid_sharing, among)
     refusals = [r for n in suspects if (r := fit_refusal(request, index.states[n])) is not None]
     refused = {r.node for r in refusals}
     limit, max_age = scheduling.max_gpu_utilization, scheduling.metrics_max_age
@@ -314,6 +329,8 @@ def score_names(
     among = set(names).intersection(index.states)
     if request.product is not None:
         among = index.with_product(request.product, among)
+    if request.avoid_sharing:
+        among -= index.sharing_in(request.avoid_sharing, among)
     band = band_width(weights)
     reach = MAX_SCORE // band
     scores: dict[str, int] = {}

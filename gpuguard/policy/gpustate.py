@@ -8,9 +8,11 @@ and scoring a node reads precomputed numbers.
 
 Whole GPUs, time-sliced replicas and other vendors' GPUs are counted like kube-scheduler counts extended resources:
 allocatable minus what the node's non-terminated pods request. MIG (the device plugin's `mixed` strategy) is modelled
-as placements, not counts: each MIG-enabled GPU is a row of memory slots (8, or 4 on an A30) and each GPU instance
-occupies `size` consecutive slots from one of its profile's allowed start slots (the catalog in `gpuguard.policy.mig`).
-Which instance a new pod would take is decided by how many slots stay free on that GPU and how large a MIG block could
+as placements, not counts: each MIG-enabled GPU is a row of placement units (8 memory slots on A100/H100/B200, 4 on
+an A30, 12 units on an RTX PRO 6000) and each GPU instance occupies `size` consecutive units from one of its profile's
+allowed start slots. Every geometric fact comes from the GPU's own model in the catalog (`MigGeometry`, built by
+`geometry_of`); a GPU the catalog does not describe keeps the placements its node agent reported (`observed_geometry`).
+Which instance a new pod would take is decided by how many units stay free on that GPU and how large a MIG block could
 still be carved from them, so slices go where they strand the least. Instances are fixed once the admin has
 partitioned a GPU (the device plugin advertises only existing instances), so the model never invents new ones.
 
@@ -25,16 +27,12 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 
 from gpuguard.policy import mig
-from gpuguard.policy.podspec import (
-    JsonObject,
-    is_gpu_resource,
-    mapping,
-    sequence,
-    spec_of,
-)
-from gpuguard.policy.quantity import whole_number
+from gpuguard.policy.catalog import GpuModel, MigProfile
+from gpuguard.policy.demand import pod_demand
+from gpuguard.policy.podspec import JsonObject, mapping, sequence, spec_of
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
+SHARING_LABEL = "nvidia.com/gpu.sharing-strategy"
 WHOLE_GPU = "nvidia.com/gpu"
 PERCENT_STEP = 5.0
 """Utilization is compared in 5 % steps: the node agent rounds to 5 %, and smaller differences are noise."""
@@ -73,6 +71,9 @@ class GpuRequest:
     """Required node-affinity terms, reduced to the product key; empty when affinity does not mention it."""
     problem: str = ""
     """Why the request cannot be judged (a GPU quantity that is not a whole number); empty when fine."""
+    avoid_sharing: frozenset[str] = frozenset()
+    """`nvidia.com/gpu.sharing-strategy` values the pod's required node affinity excludes in every term (whole-GPU
+    pods exclude time-slicing and mps); a node without the label is never excluded, as with NotIn."""
 
     @property
     def wants_gpu(self) -> bool:
@@ -83,51 +84,17 @@ class GpuRequest:
 
 
 def gpu_request(pod: JsonObject) -> GpuRequest:
-    """The pod's effective GPU requests and GPU-product constraints.
-
-    Effective request per resource, as kube-scheduler computes it: the larger of (all app containers plus sidecar init
-    containers) and the peak of any one regular init container plus the sidecars started before it. A container's
-    request defaults to its limit (extended resources must set them equal anyway).
-    """
+    """The pod's effective GPU requests (its `GpuDemand`, counted as kube-scheduler counts them) and GPU-product and
+    sharing constraints."""
+    demand = pod_demand(pod)
     spec = spec_of(pod)
-    totals: dict[str, int] = {}
-    problems: list[str] = []
-    sidecars: dict[str, int] = {}
-    init_peak: dict[str, int] = {}
-    for container in map(mapping, sequence(spec.get("initContainers"))):
-        wanted = _container_gpus(container, problems)
-        if container.get("restartPolicy") == "Always":
-            _add(sidecars, wanted)
-        else:
-            for name, n in wanted.items():
-                init_peak[name] = max(init_peak.get(name, 0), n + sidecars.get(name, 0))
-    for container in map(mapping, sequence(spec.get("containers"))):
-        _add(totals, _container_gpus(container, problems))
-    _add(totals, sidecars)
-    for name, n in init_peak.items():
-        totals[name] = max(totals.get(name, 0), n)
     return GpuRequest(
-        resources=tuple(sorted((k, v) for k, v in totals.items() if v > 0)),
+        resources=demand.resources,
         product=_selected_product(spec),
         product_terms=_product_terms(spec),
-        problem="; ".join(problems),
+        problem="; ".join(demand.problems),
+        avoid_sharing=_avoided_sharing(spec),
     )
-
-
-def _container_gpus(container: JsonObject, problems: list[str]) -> dict[str, int]:
-    resources = mapping(container.get("resources"))
-    limits, requests = mapping(resources.get("limits")), mapping(resources.get("requests"))
-    wanted: dict[str, int] = {}
-    for name in {**limits, **requests}:
-        if not is_gpu_resource(name):
-            continue
-        raw = requests.get(name, limits.get(name))
-        count = whole_number(raw)
-        if count is None:
-            problems.append(f"container {container.get('name')!r} asks for {raw!r} {name}, not a whole number")
-            continue
-        wanted[name] = count
-    return wanted
 
 
 def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
@@ -147,6 +114,22 @@ def _product_terms(spec: JsonObject) -> tuple[ProductTerm, ...]:
     if not terms or any(t is None for t in terms):
         return ()  # a term that does not constrain the product admits every product: so does the OR of them
     return tuple(t for t in terms if t is not None)
+
+
+def _avoided_sharing(spec: JsonObject) -> frozenset[str]:
+    """Sharing strategies every required node-affinity term excludes with NotIn (terms are ORed)."""
+    affinity = mapping(mapping(spec.get("affinity")).get("nodeAffinity"))
+    terms = sequence(mapping(affinity.get("requiredDuringSchedulingIgnoredDuringExecution")).get("nodeSelectorTerms"))
+    avoided: frozenset[str] | None = None
+    for term in map(mapping, terms):
+        excluded = frozenset(
+            str(v)
+            for e in map(mapping, sequence(term.get("matchExpressions")))
+            if e.get("key") == SHARING_LABEL and e.get("operator") == "NotIn"
+            for v in sequence(e.get("values"))
+        )
+        avoided = excluded if avoided is None else avoided & excluded
+    return avoided or frozenset()
 
 
 def _product_term(term: JsonObject) -> ProductTerm | None:
@@ -169,6 +152,13 @@ def _product_term(term: JsonObject) -> ProductTerm | None:
     return ProductTerm(allowed, denied, exists) if found else None
 
 
+def sharing_refusal(request: GpuRequest, sharing: str) -> str | None:
+    """Why a node with this `nvidia.com/gpu.sharing-strategy` cannot take the pod, or None."""
+    if sharing and sharing in request.avoid_sharing:
+        return f"node's GPUs are shared ({SHARING_LABEL}={sharing}); the pod needs GPUs of its own"
+    return None
+
+
 def product_refusal(request: GpuRequest, product: str) -> str | None:
     """Why a node with this `nvidia.com/gpu.product` label cannot take the pod, or None."""
     if request.product is not None and request.product != product:
@@ -183,7 +173,7 @@ def product_refusal(request: GpuRequest, product: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class MigSlice:
-    """One GPU instance on a MIG-enabled GPU: `size` memory slots from `start`."""
+    """One GPU instance on a MIG-enabled GPU: `size` placement units from `start`."""
 
     profile: str
     start: int
@@ -197,19 +187,73 @@ class MigSlice:
 
 
 @dataclass(frozen=True, slots=True)
+class MigGeometry:
+    """Where instances may sit on one GPU: the width of its placement grid and every placement as a bit mask."""
+
+    slots: int
+    shapes: tuple[int, ...]
+    """Each allowed (start, size) as a mask, largest size first."""
+
+    def largest_block(self, held: int) -> int:
+        """Units of the largest instance that still fits in the units not in `held` (0 if none)."""
+        return next((mask.bit_count() for mask in self.shapes if mask & held == 0), 0)
+
+
+@cache
+def geometry_of(model: GpuModel) -> MigGeometry:
+    """The model's placement grid and every placement its profiles allow (the catalog's start slots)."""
+    shapes = {(p.size, start) for p in model.profiles for start in p.starts}
+    return MigGeometry(model.placement_slots, _masks(shapes))
+
+
+def observed_geometry(slices: Iterable[MigSlice]) -> MigGeometry:
+    """For a GPU the catalog does not describe: its own instances are the only placements known, its grid ends
+    where the last of them does. Enough to compare GPUs by what their instances leave free, never to invent one."""
+    found = {(s.size, s.start) for s in slices}
+    return MigGeometry(max((size + start for size, start in found), default=0), _masks(found))
+
+
+def _masks(shapes: Iterable[tuple[int, int]]) -> tuple[int, ...]:
+    return tuple(((1 << size) - 1) << start for size, start in sorted(shapes, reverse=True))
+
+
+@dataclass(frozen=True, slots=True)
 class MigGpu:
-    """A MIG-enabled GPU and its instances."""
+    """A MIG-enabled GPU, its instances, and the geometry they follow (observed from them when not given)."""
 
     index: int
     uuid: str = ""
     model: str = ""
-    """Catalog model name (`H100-80GB`), "" when unknown: placements then count only."""
+    """Catalog model name (`H100-80GB`); "" when the catalog does not describe this GPU's layout."""
     slices: tuple[MigSlice, ...] = ()
+    geometry: MigGeometry | None = None
+
+    def __post_init__(self) -> None:
+        if self.geometry is None:
+            object.__setattr__(self, "geometry", observed_geometry(self.slices))
 
     @property
     def slots(self) -> int:
-        known = mig.model_named(self.model)
-        return known.memory_slices if known else 8
+        assert self.geometry is not None
+        return self.geometry.slots
+
+    def largest_block(self, held: int) -> int:
+        assert self.geometry is not None
+        return self.geometry.largest_block(held)
+
+
+def catalog_gpu(model: GpuModel, index: int, uuid: str, slices: Iterable[MigSlice]) -> MigGpu:
+    """A GPU of a catalogued model: its instances sorted by start, its geometry the catalog's."""
+    return MigGpu(index, uuid, model.name, tuple(sorted(slices, key=lambda s: s.start)), geometry_of(model))
+
+
+def follows_catalog(model: GpuModel, slices: Iterable[MigSlice]) -> bool:
+    """Every instance is a profile of the model, of its size, at one of its start slots (placement units agree)."""
+    for piece in slices:
+        profile = model.profile(piece.profile)
+        if profile is None or piece.size != profile.size or piece.start not in profile.starts:
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,27 +270,9 @@ class MigChoice:
 
     ref: SliceRef
     slots_left: int
-    """Memory slots on that GPU not held by any pod afterwards."""
+    """Placement units on that GPU not held by any pod afterwards."""
     block_left: int
-    """Memory slots of the largest MIG instance the catalog could still place in those free slots."""
-
-
-@cache
-def _placement_masks(model_name: str) -> tuple[int, ...]:
-    """Every (size, start) placement of the model as bit masks, largest size first."""
-    model = mig.model_named(model_name)
-    if model is None:
-        return ()
-    shapes = {(p.memory_slices, s) for p in model.profiles for s in p.starts}
-    return tuple(((1 << size) - 1) << start for size, start in sorted(shapes, reverse=True))
-
-
-def largest_block(model_name: str, held: int) -> int:
-    """Memory slots of the largest instance that fits in the slots not in `held` (0 if none, or model unknown)."""
-    for mask in _placement_masks(model_name):
-        if mask & held == 0:
-            return mask.bit_count()
-    return 0
+    """Units of the largest MIG instance the GPU's geometry could still place in those free units."""
 
 
 MAX_GPUS_PER_NODE = 16
@@ -254,39 +280,81 @@ MAX_GPUS_PER_NODE = 16
 broken label or device plugin) to this, so its work stays bounded whatever a Node object says."""
 
 
-def synthesize_layout(model: mig.GpuModel, counts: Mapping[str, int], *, gpus: int) -> tuple[MigGpu, ...]:
+def place_instances(model: GpuModel, counts: Mapping[str, int]) -> tuple[MigSlice, ...] | None:
+    """A placement of exactly these instances on one GPU of `model` under its start slots, or None if none exists.
+
+    Depth-first over start slots, largest profiles first: placement is not greedy (on an A100 the all-balanced layout
+    fits only with its 3g instance at slot 4, not 0), but one GPU holds at most a handful of instances, so the search
+    stays small. Instances of one profile are tried in ascending starts only, which prunes the permutations.
+    """
+    wanted = [p for p in _largest_first(model) for _ in range(max(0, counts.get(p.name, 0)))]
+    if len(wanted) > model.placement_slots or any(counts.get(p.name, 0) > p.max_count for p in model.profiles):
+        return None
+    found = _search(wanted, 0, 0, -1)
+    return None if found is None else tuple(sorted(found, key=lambda s: s.start))
+
+
+def _largest_first(model: GpuModel) -> list[MigProfile]:
+    return sorted(model.profiles, key=lambda p: (-p.size, p.name))
+
+
+def _search(wanted: list[MigProfile], i: int, used: int, floor: int) -> list[MigSlice] | None:
+    if i == len(wanted):
+        return []
+    profile = wanted[i]
+    for start in profile.starts:
+        piece = MigSlice(profile.name, start, profile.size)
+        if piece.mask & used or start <= floor:
+            continue
+        same_next = i + 1 < len(wanted) and wanted[i + 1] is profile
+        rest = _search(wanted, i + 1, used | piece.mask, start if same_next else -1)
+        if rest is not None:
+            return [piece, *rest]
+    return None
+
+
+def synthesize_layout(model: GpuModel, counts: Mapping[str, int], *, gpus: int) -> tuple[MigGpu, ...]:
     """A plausible placement of `counts` instances per profile on `gpus` GPUs of `model`, when no agent reports one.
 
-    Largest profiles first, each at the first free allowed start slot on the first GPU with room (the order the NVIDIA
-    MIG guide recommends creating them in). Instances that fit nowhere go on extra GPUs, so counts are never lost,
-    up to what MAX_GPUS_PER_NODE GPUs could hold.
+    mig-parted applies one layout to every GPU of a node, so an even split that fits one GPU is tried first. Otherwise
+    each GPU in turn takes as many instances as fit, largest profiles first (checked by `place_instances`). Instances
+    that fit nowhere go on extra GPUs, so counts are never lost, up to what MAX_GPUS_PER_NODE GPUs could hold.
     """
-    wanted = sorted(
-        ((p, min(counts[p.name], p.max_count * MAX_GPUS_PER_NODE)) for p in model.profiles if counts.get(p.name, 0) > 0),
-        key=lambda item: (-item[0].memory_slices, item[0].name),
-    )
-    rows: list[list[MigSlice]] = [[] for _ in range(min(max(gpus, 0), MAX_GPUS_PER_NODE))]
-    for profile, count in wanted:
-        for _ in range(count):
-            _place(rows, profile)
-    return tuple(MigGpu(i, "", model.name, tuple(sorted(r, key=lambda s: s.start))) for i, r in enumerate(rows))
+    known = {p.name: min(max(0, counts.get(p.name, 0)), p.max_count * MAX_GPUS_PER_NODE) for p in model.profiles}
+    return _synthesized(model, tuple(sorted((n, c) for n, c in known.items() if c)), min(max(gpus, 0), MAX_GPUS_PER_NODE))
 
 
-def _place(rows: list[list[MigSlice]], profile: mig.MigProfile) -> None:
-    if not any(_placed(row, profile) for row in rows):
-        rows.append([])
-        _placed(rows[-1], profile)
+@cache
+def _synthesized(model: GpuModel, counts: tuple[tuple[str, int], ...], gpus: int) -> tuple[MigGpu, ...]:
+    rows = _even_split(model, dict(counts), gpus) or _fill_in_turn(model, dict(counts))
+    rows += [()] * (gpus - len(rows))
+    return tuple(catalog_gpu(model, i, "", row) for i, row in enumerate(rows))
 
 
-def _placed(row: list[MigSlice], profile: mig.MigProfile) -> bool:
-    """Add the instance at the first free allowed start of this GPU; False when there is none."""
-    used = sum(s.mask for s in row)
-    for start in profile.starts:
-        candidate = MigSlice(profile.name, start, profile.memory_slices)
-        if candidate.mask & used == 0:
-            row.append(candidate)
-            return True
-    return False
+def _even_split(model: GpuModel, counts: dict[str, int], gpus: int) -> list[tuple[MigSlice, ...]] | None:
+    if gpus < 1 or not counts or any(n % gpus for n in counts.values()):
+        return None
+    one = place_instances(model, {name: n // gpus for name, n in counts.items()})
+    return None if one is None else [one] * gpus
+
+
+def _fill_in_turn(model: GpuModel, remaining: dict[str, int]) -> list[tuple[MigSlice, ...]]:
+    rows: list[tuple[MigSlice, ...]] = []
+    while any(remaining.values()) and len(rows) < len(model.profiles) * MAX_GPUS_PER_NODE:
+        chosen: dict[str, int] = {}
+        row: tuple[MigSlice, ...] = ()
+        for profile in _largest_first(model):
+            while remaining.get(profile.name, 0) > chosen.get(profile.name, 0):
+                trial = place_instances(model, {**chosen, profile.name: chosen.get(profile.name, 0) + 1})
+                if trial is None:
+                    break
+                chosen[profile.name], row = chosen.get(profile.name, 0) + 1, trial
+        if not row:
+            break
+        rows.append(row)
+        for name, n in chosen.items():
+            remaining[name] -= n
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- utilization
@@ -301,6 +369,25 @@ class GpuSample:
     at: float
     mig: bool = False
     """Measured on a MIG-enabled GPU (per-instance engine activity folded into the parent GPU)."""
+
+
+def mig_gpu_sample(
+    uuid: str, instances: Iterable[tuple[float, int]], *, compute_slices: int, at: float
+) -> GpuSample | None:
+    """A MIG-enabled GPU's utilization from its instances' engine activity (percent, compute slices each).
+
+    Weighted by compute slices over the GPU's `compute_slices` (a 3g instance weighs three 1g ones; instances without
+    a sample count as idle); the plain mean when the catalog does not know the GPU (`compute_slices` 0).
+    None when no instance has a sample.
+    """
+    measured = list(instances)
+    if not measured:
+        return None
+    if compute_slices:
+        busy = sum(percent * slices for percent, slices in measured) / compute_slices
+    else:
+        busy = sum(percent for percent, _ in measured) / len(measured)
+    return GpuSample(uuid, min(max(busy, 0.0), 100.0), at, mig=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +461,8 @@ class NodeGpuState:
     """Utilization from the node agent's annotation, used when Prometheus has nothing fresh for this node."""
     held: tuple[tuple[bool, ...], ...] | None = None
     """Which MIG instances pods hold, per GPU and slice; None: derive from `used` and the agent's busy flags."""
+    sharing: str = ""
+    """The node's `nvidia.com/gpu.sharing-strategy` label (time-slicing, mps, none; "" if absent)."""
     free: Mapping[str, int] = field(init=False)
     mig_binpack: Mapping[str, MigChoice] = field(init=False)
     """Per profile: the free instance packing would take (fewest free slots left on its GPU, then largest block)."""
@@ -455,7 +544,7 @@ def _pick_for_held(gpus: tuple[MigGpu, ...], held: list[list[bool]], profile: st
             if s.profile != profile or held[g][i]:
                 continue
             left = gpu.slots - (mask | s.mask).bit_count()
-            key = (0 if s.busy else 1, left, -largest_block(gpu.model, mask | s.mask))
+            key = (0 if s.busy else 1, left, -gpu.largest_block(mask | s.mask))
             if best is None or key < best[0]:
                 best = (key, SliceRef(g, i))
     return best[1] if best else None
@@ -472,7 +561,7 @@ def _mig_choices(
             if held[g][i]:
                 continue
             after = mask | s.mask
-            choice = MigChoice(SliceRef(g, i), gpu.slots - after.bit_count(), largest_block(gpu.model, after))
+            choice = MigChoice(SliceRef(g, i), gpu.slots - after.bit_count(), gpu.largest_block(after))
             _keep_min(binpack, s.profile, (choice.slots_left, -choice.block_left), choice)
             _keep_min(spread, s.profile, (-choice.slots_left, -choice.block_left), choice)
     return {p: c for p, (_, c) in binpack.items()}, {p: c for p, (_, c) in spread.items()}

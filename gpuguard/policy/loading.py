@@ -2,8 +2,10 @@
 
 `gpuguard policy check`, the services' reload loop and the chart tests all go through `parse_policy`, so an admin sees
 the same message wherever a policy is refused: `rules[1].gpu.migProfile: unknown MIG profile '1g.11gb'; known: ...`.
-Schema errors come from pydantic; rules that need the MIG catalog (profiles that exist, that a rule's product
-offers, that the limits allow) are checked here after the schema passes. Pure: callers read files.
+Schema errors come from pydantic (the `migCatalog` entries included: they follow the schema of the shipped catalog
+file); rules that need the MIG catalog (profiles that exist, that a rule's product offers, that the limits allow) are
+checked here after the schema passes, against the policy's own catalog (`Policy.catalog`: the shipped one plus
+`migCatalog`). Pure: callers read files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from gpuguard.policy import mig
+from gpuguard.policy.catalog import MigCatalog, profile_size_gb
 from gpuguard.policy.model import GpuSpec, Limits, Policy
 from gpuguard.policy.quantity import quoted
 
@@ -108,12 +111,13 @@ def format_path(loc: Sequence[int | str]) -> str:
 
 def semantic_issues(policy: Policy) -> Iterator[PolicyIssue]:
     """Cross-field rules: catalog membership, limits, unique rule names."""
-    yield from _allowed_profile_issues("limits.allowedMigProfiles", policy.limits.allowed_mig_profiles)
+    catalog = policy.catalog
+    yield from _allowed_profile_issues("limits.allowedMigProfiles", policy.limits.allowed_mig_profiles, catalog)
     for namespace, override in policy.namespaces.items():
         if override.limits is not None and override.limits.allowed_mig_profiles is not None:
             path = format_path(("namespaces", namespace, "limits", "allowedMigProfiles"))
-            yield from _allowed_profile_issues(path, override.limits.allowed_mig_profiles)
-    yield from _gpu_issues("defaults.gpu", policy.defaults.gpu, policy.limits, policy.defaults.node_selector)
+            yield from _allowed_profile_issues(path, override.limits.allowed_mig_profiles, catalog)
+    yield from _gpu_issues("defaults.gpu", policy.defaults.gpu, policy.limits, policy.defaults.node_selector, catalog)
     seen: set[str] = set()
     for index, rule in enumerate(policy.rules):
         if rule.name in seen:
@@ -121,16 +125,18 @@ def semantic_issues(policy: Policy) -> Iterator[PolicyIssue]:
         seen.add(rule.name)
         if rule.gpu is not None:
             selector = rule.node_selector if rule.node_selector is not None else policy.defaults.node_selector
-            yield from _gpu_issues(f"rules[{index}].gpu", rule.gpu, policy.limits, selector)
+            yield from _gpu_issues(f"rules[{index}].gpu", rule.gpu, policy.limits, selector, catalog)
 
 
-def _allowed_profile_issues(path: str, profiles: Sequence[str]) -> Iterator[PolicyIssue]:
+def _allowed_profile_issues(path: str, profiles: Sequence[str], catalog: MigCatalog) -> Iterator[PolicyIssue]:
     for index, profile in enumerate(profiles):
-        if not mig.is_known_profile(profile):
-            yield PolicyIssue(f"{path}[{index}]", unknown_profile_message(profile))
+        if not catalog.knows(profile):
+            yield PolicyIssue(f"{path}[{index}]", unknown_profile_message(profile, catalog))
 
 
-def _gpu_issues(path: str, gpu: GpuSpec, limits: Limits, node_selector: dict[str, str]) -> Iterator[PolicyIssue]:
+def _gpu_issues(
+    path: str, gpu: GpuSpec, limits: Limits, node_selector: dict[str, str], catalog: MigCatalog
+) -> Iterator[PolicyIssue]:
     if gpu.count is not None and gpu.count > limits.max_gpus_per_pod:
         yield PolicyIssue(
             f"{path}.count",
@@ -139,17 +145,20 @@ def _gpu_issues(path: str, gpu: GpuSpec, limits: Limits, node_selector: dict[str
     if gpu.sharing is not None and not limits.allow_time_slicing:
         yield PolicyIssue(f"{path}.sharing", "time-slicing is disabled by limits.allowTimeSlicing; set it to true")
     if gpu.mig_profile is not None:
-        yield from _profile_issues(f"{path}.migProfile", gpu.mig_profile, limits, node_selector.get(PRODUCT_LABEL))
+        product = node_selector.get(PRODUCT_LABEL)
+        yield from _profile_issues(f"{path}.migProfile", gpu.mig_profile, limits, product, catalog)
 
 
-def _profile_issues(path: str, profile: str, limits: Limits, product: str | None) -> Iterator[PolicyIssue]:
-    if not mig.is_known_profile(profile):
-        yield PolicyIssue(path, unknown_profile_message(profile))
+def _profile_issues(
+    path: str, profile: str, limits: Limits, product: str | None, catalog: MigCatalog
+) -> Iterator[PolicyIssue]:
+    model = catalog.model_for_product(product) if product else None
+    if model is None and not catalog.knows(profile):
+        yield PolicyIssue(path, unknown_profile_message(profile, catalog))
         return
     if limits.allowed_mig_profiles and profile not in limits.allowed_mig_profiles:
         allowed = ", ".join(limits.allowed_mig_profiles)
         yield PolicyIssue(path, f"{profile!r} is not in limits.allowedMigProfiles ({allowed}); add it there")
-    model = mig.model_for_product(product) if product else None
     if model is not None and model.profile(profile) is None:
         yield PolicyIssue(
             path,
@@ -157,5 +166,22 @@ def _profile_issues(path: str, profile: str, limits: Limits, product: str | None
         )
 
 
-def unknown_profile_message(profile: str) -> str:
-    return f"unknown MIG profile {quoted(profile)}; known profiles: {', '.join(mig.all_profile_names())}"
+NEAREST = 5
+"""How many known profiles an unknown-profile message suggests."""
+
+
+def unknown_profile_message(profile: str, catalog: MigCatalog = mig.BUILTIN) -> str:
+    """What to say about a profile no model in the catalog offers: the nearest known ones, and how to add a GPU."""
+    return (
+        f"unknown MIG profile {quoted(profile)}: no GPU model in gpuguard's catalog offers it; the nearest known "
+        f"profiles are {', '.join(_nearest(profile, catalog))}. For a GPU newer than this gpuguard, add its model "
+        "and profiles to the policy under migCatalog.models (see the README)"
+    )
+
+
+def _nearest(profile: str, catalog: MigCatalog) -> list[str]:
+    """Known profiles with the same compute slices, closest in memory first (all profiles if none match)."""
+    compute, gb = profile_size_gb(profile) or (0, 0)
+    sizes = {name: profile_size_gb(name) or (0, 0) for name in catalog.profile_names}
+    same = [name for name, size in sizes.items() if size[0] == compute] or list(sizes)
+    return sorted(same, key=lambda name: (abs(sizes[name][1] - gb), name))[:NEAREST]

@@ -1,181 +1,101 @@
-"""The MIG profile catalog: which slices each MIG-capable GPU model offers, and where they may sit.
+"""The MIG catalog as gpuguard uses it: the shipped catalog, loaded and checked at import, and its lookups.
 
-Keyed by the value GPU Feature Discovery writes to `nvidia.com/gpu.product` (with the `-SHARED` and `-MIG-<profile>`
-suffixes GFD adds stripped), because that label is what both the webhook (through a pod's node selector) and the
-extender (through the node) can see. Profile names differ per model (`1g.10gb` on H100-80GB, `1g.12gb` on H100 NVL,
-`1g.18gb` on H200), so nothing here is a single global list.
+The models and profiles live in one data file, `gpuguard/policy/mig-catalog.yaml` (schema in
+`gpuguard.policy.catalog_schema`, values in `gpuguard.policy.catalog`); nothing else lists them. Importing this
+module reads and validates that file, so a broken catalog stops gpuguard at start with the exact field named.
 
-A GPU instance occupies a contiguous, power-of-two-aligned run of memory slices starting at one of the profile's
-allowed start slots; a fit check therefore has to model placements, not just count instances. The tables follow the
-NVIDIA MIG user guide (reference/domain.md section 3). Pure data and pure lookups.
+API (what the other components call):
+- `BUILTIN` (a `MigCatalog`, with `CATALOG` its models) is the shipped catalog. A policy's catalog is
+  `policy.catalog` (`gpuguard.policy.model.Policy`): `BUILTIN` extended by the policy's `migCatalog` entries through
+  `catalog_for(spec)`. Whatever must honour an admin's additions takes that catalog: the webhook's checks (through
+  `Effective.catalog`), the policy loader's semantic checks, the extender's node facts and utilization folding.
+- Per-model lookups take the catalog keyword-only and default to `BUILTIN`: `model_for_product(label, catalog=)`,
+  `model_named(name, catalog=)`, `models_offering(profile, catalog=)`, `is_known_profile(name, catalog=)`,
+  `all_profile_names(catalog=)`, `all_mig_resource_names(catalog=)`. The same questions are methods of `MigCatalog`.
+- Naming needs no catalog: `mig_resource_name` / `profile_from_resource` (`+` <-> `.`, `-me` kept),
+  `base_product` (GFD's `-SHARED` / `-MIG-<profile>` suffixes off), `product_label_from_name` (NVML name -> label).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
+from importlib import resources
 
-MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
+import yaml
+from pydantic import ValidationError
 
-
-@dataclass(frozen=True, slots=True)
-class MigProfile:
-    """One GPU-instance profile, e.g. `3g.40gb`: 3 compute slices and 4 memory slices on an 80 GB part."""
-
-    name: str
-    compute_slices: int
-    memory_slices: int
-    """Also the placement size: the number of consecutive memory slots the instance occupies."""
-    memory_gb: int
-    max_count: int
-    starts: tuple[int, ...]
-    """Memory-slot indices where an instance of this profile may begin."""
-
-    @property
-    def resource_name(self) -> str:
-        """The mixed-strategy extended resource: `+` becomes `.` as the NVIDIA device plugin writes it."""
-        return mig_resource_name(self.name)
-
-    @property
-    def has_media_extensions(self) -> bool:
-        return self.name.endswith("+me")
-
-
-@dataclass(frozen=True, slots=True)
-class GpuModel:
-    """A MIG-capable GPU model and its profile table."""
-
-    name: str
-    products: tuple[str, ...]
-    """`nvidia.com/gpu.product` values GFD writes for this model."""
-    memory_gb: int
-    compute_slices: int
-    memory_slices: int
-    profiles: tuple[MigProfile, ...]
-
-    def profile(self, name: str) -> MigProfile | None:
-        return next((p for p in self.profiles if p.name == name), None)
-
-    @property
-    def profile_names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.profiles)
-
-
-def mig_resource_name(profile: str) -> str:
-    return MIG_RESOURCE_PREFIX + profile.replace("+", ".")
-
-
-def profile_from_resource(resource: str) -> str | None:
-    """`nvidia.com/mig-1g.10gb.me` -> `1g.10gb+me`; None for anything that is not a MIG resource."""
-    if not resource.startswith(MIG_RESOURCE_PREFIX):
-        return None
-    profile = resource[len(MIG_RESOURCE_PREFIX):]
-    return profile[: -len(".me")] + "+me" if profile.endswith(".me") else profile
-
-
-def _eight_slot_family(mem: tuple[int, int, int, int, int, int]) -> tuple[MigProfile, ...]:
-    """The GA100/GH100 profile table (7 compute, 8 memory slices), given the memory size of each profile.
-
-    `mem` is (1g, 1g-double-memory, 2g, 3g, 4g, 7g) in GB, as the profile names spell them.
-    """
-    g1, g1x2, g2, g3, g4, g7 = mem
-    every_slot = (0, 1, 2, 3, 4, 5, 6)
-    return (
-        MigProfile(f"1g.{g1}gb", 1, 1, g1, 7, every_slot),
-        MigProfile(f"1g.{g1}gb+me", 1, 1, g1, 1, every_slot),
-        MigProfile(f"1g.{g1x2}gb", 1, 2, g1x2, 4, (0, 2, 4, 6)),
-        MigProfile(f"2g.{g2}gb", 2, 2, g2, 3, (0, 2, 4)),
-        MigProfile(f"3g.{g3}gb", 3, 4, g3, 2, (0, 4)),
-        MigProfile(f"4g.{g4}gb", 4, 4, g4, 1, (0,)),
-        MigProfile(f"7g.{g7}gb", 7, 8, g7, 1, (0,)),
-    )
-
-
-def _a30_family() -> tuple[MigProfile, ...]:
-    """A30: 4 compute and 4 memory slices (placements on the 4-slot grid as the guide's geometry implies)."""
-    return (
-        MigProfile("1g.6gb", 1, 1, 6, 4, (0, 1, 2, 3)),
-        MigProfile("1g.6gb+me", 1, 1, 6, 1, (0, 1, 2, 3)),
-        MigProfile("2g.12gb", 2, 2, 12, 2, (0, 2)),
-        MigProfile("2g.12gb+me", 2, 2, 12, 1, (0, 2)),
-        MigProfile("4g.24gb", 4, 4, 24, 1, (0,)),
-    )
-
-
-CATALOG: tuple[GpuModel, ...] = (
-    GpuModel(
-        "A100-40GB",
-        ("NVIDIA-A100-SXM4-40GB", "A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB", "A100-PCIE-40GB"),
-        40, 7, 8, _eight_slot_family((5, 10, 10, 20, 20, 40)),
-    ),
-    GpuModel(
-        "A100-80GB",
-        ("NVIDIA-A100-SXM4-80GB", "A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe", "A100-80GB-PCIe"),
-        80, 7, 8, _eight_slot_family((10, 20, 20, 40, 40, 80)),
-    ),
-    GpuModel(
-        "H100-80GB",
-        ("NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-SXM5-80GB", "NVIDIA-H800"),
-        80, 7, 8, _eight_slot_family((10, 20, 20, 40, 40, 80)),
-    ),
-    GpuModel(
-        "H100-NVL",
-        ("NVIDIA-H100-NVL", "NVIDIA-H800-NVL"),
-        94, 7, 8, _eight_slot_family((12, 24, 24, 47, 47, 94)),
-    ),
-    GpuModel(
-        "H200-141GB",
-        ("NVIDIA-H200", "NVIDIA-H200-NVL", "NVIDIA-H200-141GB-HBM3e"),
-        141, 7, 8, _eight_slot_family((18, 35, 35, 71, 71, 141)),
-    ),
-    GpuModel("A30", ("NVIDIA-A30", "A30"), 24, 4, 4, _a30_family()),
+from gpuguard.policy.catalog import (
+    MIG_RESOURCE_PREFIX,
+    GpuModel,
+    MigCatalog,
+    MigProfile,
+    base_product,
+    mig_resource_name,
+    product_label_from_name,
+    profile_from_resource,
 )
+from gpuguard.policy.catalog_schema import CatalogDocument, CatalogSpec
 
-_GFD_SUFFIX = re.compile(r"(-MIG-[A-Za-z0-9.+-]+)?(-SHARED)?$")
+CATALOG_FILE = "mig-catalog.yaml"
 
-
-def base_product(label: str) -> str:
-    """Strip the suffixes GFD appends under sharing (`-SHARED`) or the MIG single strategy (`-MIG-1g.10gb`)."""
-    return _GFD_SUFFIX.sub("", label)
-
-
-@cache
-def _by_product() -> dict[str, GpuModel]:
-    return {product: model for model in CATALOG for product in model.products}
+__all__ = [
+    "BUILTIN", "CATALOG", "CATALOG_FILE", "MIG_RESOURCE_PREFIX", "CatalogError", "GpuModel", "MigCatalog",
+    "MigProfile", "all_mig_resource_names", "all_profile_names", "base_product", "catalog_for", "catalog_text",
+    "is_known_profile", "load_catalog", "mig_resource_name", "model_for_product", "model_named", "models_offering",
+    "product_label_from_name", "profile_from_resource",
+]
 
 
-def model_for_product(label: str) -> GpuModel | None:
-    """The catalog entry for a `nvidia.com/gpu.product` label value, or None for GPUs without MIG."""
-    return _by_product().get(base_product(label))
+class CatalogError(ValueError):
+    """The shipped catalog file does not follow its schema (a bug in this gpuguard, found at import)."""
 
 
-def model_named(name: str) -> GpuModel | None:
-    return next((m for m in CATALOG if m.name == name), None)
+def catalog_text() -> str:
+    return resources.files("gpuguard.policy").joinpath(CATALOG_FILE).read_text(encoding="utf-8")
 
 
-@cache
-def all_profile_names() -> tuple[str, ...]:
-    """Every profile any catalogued model offers, sorted and without duplicates."""
-    return tuple(sorted({p.name for m in CATALOG for p in m.profiles}, key=_profile_sort_key))
+def load_catalog(text: str) -> MigCatalog:
+    """A catalog from the text of a catalog file; `CatalogError` naming every wrong field."""
+    try:
+        document = CatalogDocument.model_validate(yaml.safe_load(text))
+    except (yaml.YAMLError, ValidationError) as error:
+        raise CatalogError(f"{CATALOG_FILE} is invalid: {error}") from None
+    return MigCatalog.of(document.to_models())
 
 
-def all_mig_resource_names() -> tuple[str, ...]:
+@lru_cache(maxsize=16)
+def catalog_for(spec: CatalogSpec | None) -> MigCatalog:
+    """`BUILTIN` with a policy's `migCatalog` entries (cached: a policy asks on every admission)."""
+    return BUILTIN.extended(spec.to_models()) if spec is not None and spec.models else BUILTIN
+
+
+BUILTIN = load_catalog(catalog_text())
+CATALOG: tuple[GpuModel, ...] = BUILTIN.models
+
+
+def model_for_product(label: str, *, catalog: MigCatalog = BUILTIN) -> GpuModel | None:
+    """The model for a `nvidia.com/gpu.product` label value, or None for GPUs without MIG."""
+    return catalog.model_for_product(label)
+
+
+def model_named(name: str, *, catalog: MigCatalog = BUILTIN) -> GpuModel | None:
+    return catalog.model_named(name)
+
+
+def models_offering(profile: str, *, catalog: MigCatalog = BUILTIN) -> tuple[GpuModel, ...]:
+    """Every model that offers a profile of this name, each with its own geometry."""
+    return catalog.models_offering(profile)
+
+
+def is_known_profile(name: str, *, catalog: MigCatalog = BUILTIN) -> bool:
+    return catalog.knows(name)
+
+
+def all_profile_names(*, catalog: MigCatalog = BUILTIN) -> tuple[str, ...]:
+    """Every profile some model offers, sorted and without duplicates."""
+    return catalog.profile_names
+
+
+def all_mig_resource_names(*, catalog: MigCatalog = BUILTIN) -> tuple[str, ...]:
     """Every `nvidia.com/mig-*` resource name: kube-scheduler's managedResources accepts no wildcards."""
-    return tuple(mig_resource_name(p) for p in all_profile_names())
-
-
-def is_known_profile(name: str) -> bool:
-    return name in all_profile_names()
-
-
-def product_label_from_name(nvml_name: str) -> str:
-    """The label GFD derives from an NVML device name: drop characters outside [A-Za-z0-9-_. ], join words with `-`."""
-    kept = re.sub(r"[^A-Za-z0-9\-_. ]", "", nvml_name)
-    return "-".join(kept.split())
-
-
-def _profile_sort_key(name: str) -> tuple[int, int, str]:
-    compute, _, rest = name.partition("g.")
-    memory = re.match(r"[0-9]+", rest)
-    return (int(compute), int(memory.group()) if memory else 0, name)
+    return catalog.resource_names

@@ -14,6 +14,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from gpuguard.policy import mig
+from gpuguard.policy.catalog import MigCatalog
+from gpuguard.policy.catalog_schema import CatalogSpec
 from gpuguard.policy.runtime import Runtime
 
 Mode = Literal["enforce", "warn", "audit"]
@@ -215,6 +218,19 @@ class TimeSlicing(PolicyModel):
     nodes: tuple[TimeSlicingNodes, ...] = ()
 
 
+class ExternallyManaged(PolicyModel):
+    """Pods whose GPUs something else hands out: DRA claims, KAI-Scheduler, HAMi, or a scheduler listed here."""
+
+    schedulers: tuple[str, ...] = ("kai-scheduler", "hami-scheduler")
+    """`spec.schedulerName` values of GPU schedulers that place their own pods (KAI-Scheduler's and HAMi's defaults)."""
+    mutation: Literal["none", "placement"] = "none"
+    """none: leave the pod as it is (only `gpuguard.io/applied` says why); placement: also add the tolerations, node
+    selector and Triton annotations, never a GPU or the scheduler."""
+    validation: Literal["all", "deviceAccess"] = "all"
+    """all: judge them like every pod (a scheduler name must not lift the limits); deviceAccess: judge only
+    privileged containers and GPUs reached without a request, leaving counts to the other scheduler."""
+
+
 class Policy(PolicyModel):
     api_version: Literal["gpuguard.io/v1"]
     kind: Literal["GpuPolicy"]
@@ -228,3 +244,15 @@ class Policy(PolicyModel):
     """Which gpuguard.io/* annotations users may set; none unless the admin lists them."""
     scheduling: Scheduling = Scheduling()
     time_slicing: TimeSlicing = TimeSlicing()
+    gpu_resource_types: tuple[str, ...] = ()
+    """Extended resources that are GPUs on this cluster besides the built-in NVIDIA, AMD, Intel and Gaudi names (like
+    KServe's `customGPUResourceTypeList`); counted and judged as GPUs, one device each."""
+    externally_managed: ExternallyManaged = ExternallyManaged()
+    mig_catalog: CatalogSpec | None = None
+    """GPU models to add to gpuguard's MIG catalog, or to replace (same name), in the schema of its catalog file:
+    for GPUs newer than this release. Their profiles become known to validation and their geometry to the extender."""
+
+    @property
+    def catalog(self) -> MigCatalog:
+        """The MIG catalog this policy sees: the shipped one with `migCatalog`'s entries."""
+        return mig.catalog_for(self.mig_catalog)

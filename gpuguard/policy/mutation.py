@@ -1,13 +1,22 @@
 """Plan the changes gpuguard makes to an in-scope predictor pod, as RFC 6902 JSON Patch operations.
 
-The plan is built directly from the few subtrees we touch (model container resources, tolerations, node selector,
-schedulerName, annotations) instead of diffing the whole pod: `jsonpatch.make_patch` on a 4.6 KB pod costs about
-ten times the rest of an admission request. Each path segment is escaped by `jsonpointer.escape` (RFC 6901: `~` is
-`~0`, `/` is `~1`, so `prometheus.io/port` becomes `prometheus.io~1port`); a missing parent map is added whole,
+The plan is built directly from the few subtrees we touch (model container resources, tolerations, node selector and
+affinity, schedulerName, annotations) instead of diffing the whole pod: `jsonpatch.make_patch` on a 4.6 KB pod costs
+about ten times the rest of an admission request. Each path segment is escaped by `jsonpointer.escape` (RFC 6901: `~`
+is `~0`, `/` is `~1`, so `prometheus.io/port` becomes `prometheus.io~1port`); a missing parent is added whole,
 because JSON Patch cannot add a key under a map that does not exist.
 
-What the user wrote wins: an explicit GPU resource, node selector value, toleration or scheduler is kept, so the
-plan is idempotent (planning again on the patched pod yields no operations; the webhook is registered with
+What the pod already gets wins, read from its `GpuDemand`: a pod that gets a GPU through any channel (a GPU resource
+on any container, a DRA claim, a KAI fraction, device visibility) is never given another, and an explicit 0 means no
+GPU and no GPU placement. Pods whose GPUs something else hands out (DRA, KAI-Scheduler, HAMi, a listed scheduler) keep
+their GPU fields and scheduler; `externallyManaged.mutation` says whether they still get the placement.
+
+Placement for NVIDIA GPUs: the policy's tolerations, node selector and scheduler; whole GPUs additionally get a
+required node-affinity term `nvidia.com/gpu.sharing-strategy NotIn [time-slicing, mps]` (which admits nodes without the
+label) so they never land on a node whose `nvidia.com/gpu` are 1/N shares; time-sliced pods get the sharing-strategy
+selector and their product as `In [P, P-SHARED]`, because GPU Feature Discovery renames the product there.
+
+Idempotent: planning again on the patched pod yields no operations (the webhook is registered with
 `reinvocationPolicy: IfNeeded`). Pure.
 """
 
@@ -21,15 +30,25 @@ from typing import Any
 from jsonpointer import escape
 
 from gpuguard.policy import podspec
-from gpuguard.policy.mig import mig_resource_name
+from gpuguard.policy.demand import GpuDemand
+from gpuguard.policy.mig import base_product, mig_resource_name
 from gpuguard.policy.model import GpuSpec, Toleration
 from gpuguard.policy.podspec import ContainerRef, JsonObject
 from gpuguard.policy.resolve import APPLIED_ANNOTATION, Effective
+from gpuguard.policy.resources import SHARED_GPU, WHOLE_GPU
 from gpuguard.policy.runtime import Runtime
 
+PRODUCT_LABEL = "nvidia.com/gpu.product"
 SHARING_STRATEGY_LABEL = "nvidia.com/gpu.sharing-strategy"
+SHARED_STRATEGIES = ("time-slicing", "mps")
+SHARED_PRODUCT_SUFFIX = "-SHARED"
 KSERVE_SCRAPING_ANNOTATION = "serving.kserve.io/enable-prometheus-scraping"
+KSERVE_AGGREGATION_ANNOTATION = "serving.kserve.io/enable-metric-aggregation"
+KNATIVE_REVISION_LABEL = "serving.knative.dev/revision"
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+QUEUE_PROXY = "queue-proxy"
 DEFAULT_SCHEDULER = "default-scheduler"
+REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
 
 Op = dict[str, Any]
 
@@ -60,7 +79,7 @@ class _Draft:
         self.changes.append(change)
 
     def freeze(self) -> MutationPlan:
-        return MutationPlan(tuple(self.ops), tuple(self.changes), tuple(self.warnings))
+        return MutationPlan(tuple(self.ops), tuple(self.changes), tuple(dict.fromkeys(self.warnings)))
 
 
 def gpu_resources(gpu: GpuSpec, *, rename_shared: bool) -> dict[str, str]:
@@ -68,42 +87,47 @@ def gpu_resources(gpu: GpuSpec, *, rename_shared: bool) -> dict[str, str]:
     if gpu.mig_profile is not None:
         return {mig_resource_name(gpu.mig_profile): "1"}
     if gpu.sharing is not None:
-        return {podspec.SHARED_GPU if rename_shared else podspec.WHOLE_GPU: "1"}
-    return {podspec.WHOLE_GPU: str(gpu.count)} if gpu.count else {}
+        return {SHARED_GPU if rename_shared else WHOLE_GPU: "1"}
+    return {WHOLE_GPU: str(gpu.count)} if gpu.count else {}
 
 
-def plan_pod(pod: JsonObject, effective: Effective, *, runtime: Runtime) -> MutationPlan:
+def plan_pod(pod: JsonObject, effective: Effective, *, runtime: Runtime, demand: GpuDemand) -> MutationPlan:
     """Everything gpuguard adds to this pod under these settings; empty if the pod already has it all."""
-    draft = _Draft(warnings=list(effective.notes))
+    draft = _Draft(warnings=[*effective.notes, *(f"ignored: {p}" for p in effective.problems)])
     pod_spec = podspec.spec_of(pod)
     model = podspec.model_container(pod_spec)
-    added_gpu = _plan_resources(draft, model, effective)
-    gpu_pod = added_gpu or podspec.pod_asks_for_gpu(pod_spec)
-    if gpu_pod:
-        _plan_tolerations(draft, pod_spec, effective.tolerations)
-        _plan_node_selector(draft, pod_spec, _node_selector(effective))
-        _plan_scheduler(draft, pod_spec, effective.scheduler_name)
-    if runtime == "triton" and effective.triton_metrics.enabled:
+    if demand.owner:
+        if effective.external.mutation == "placement" and demand.nvidia:
+            _plan_placement(draft, pod_spec, effective, sharing=_sharing(effective, demand), whole=False)
+        applied = f"stepped-aside: {demand.owner}"
+    else:
+        added = _plan_resources(draft, model, effective, demand)
+        if added or demand.nvidia:
+            whole = (added and effective.gpu.count is not None) or "whole" in demand.kinds
+            _plan_placement(draft, pod_spec, effective, sharing=_sharing(effective, demand), whole=whole)
+            _plan_scheduler(draft, pod_spec, effective.scheduler_name)
+        applied = effective.rule
+    if runtime == "triton" and effective.triton_metrics.enabled and (not demand.owner or effective.external.mutation != "none"):
         _plan_triton(draft, pod, model, effective)
-    _plan_annotations(draft, pod, {APPLIED_ANNOTATION: effective.rule})
+    _plan_annotations(draft, pod, {APPLIED_ANNOTATION: applied})
     return draft.freeze()
 
 
-def _node_selector(effective: Effective) -> Mapping[str, str]:
-    if effective.gpu.sharing is None:
-        return effective.node_selector
-    return {**effective.node_selector, SHARING_STRATEGY_LABEL: "time-slicing"}
+def _sharing(effective: Effective, demand: GpuDemand) -> bool:
+    return effective.gpu.sharing is not None or "shared" in demand.kinds
 
 
-def _plan_resources(draft: _Draft, target: ContainerRef | None, effective: Effective) -> bool:
-    """Give the model container its GPU unless it already names one; True if a GPU was added."""
+def _plan_resources(draft: _Draft, target: ContainerRef | None, effective: Effective, demand: GpuDemand) -> bool:
+    """Give the model container its GPU unless the pod already gets one; True if a GPU was added."""
     wanted = gpu_resources(effective.gpu, rename_shared=effective.rename_shared)
+    if target is not None and target.asks_for_gpu():
+        _complete_limits(draft, target)
+        return False
+    if demand.gets_gpu:
+        return False
     if target is None:
         if wanted:
             draft.warnings.append(f"no {podspec.MODEL_CONTAINER} container found: no GPU was added")
-        return False
-    if target.asks_for_gpu():
-        _complete_limits(draft, target)
         return False
     if wanted:
         _add_limits(draft, target, wanted)
@@ -127,6 +151,27 @@ def _add_limits(draft: _Draft, container: ContainerRef, limits: Mapping[str, Any
     else:
         for key, value in limits.items():
             draft.add(f"{base}/limits/{pointer_key(key)}", value, f"limits {key}={value} {where}")
+
+
+# ---------------------------------------------------------------------------------------------------------- placement
+
+
+def _plan_placement(draft: _Draft, pod_spec: JsonObject, effective: Effective, *, sharing: bool, whole: bool) -> None:
+    """Tolerations, node selector and the node-affinity terms for what kind of GPU node the pod needs."""
+    _plan_tolerations(draft, pod_spec, effective.tolerations)
+    selector = dict(effective.node_selector)
+    expressions: list[dict[str, Any]] = []
+    if sharing:
+        selector[SHARING_STRATEGY_LABEL] = "time-slicing"
+        product = selector.pop(PRODUCT_LABEL, None)
+        if product is not None and PRODUCT_LABEL not in podspec.mapping(pod_spec.get("nodeSelector")):
+            plain = base_product(product)
+            expressions.append({"key": PRODUCT_LABEL, "operator": "In",
+                                "values": [plain, plain + SHARED_PRODUCT_SUFFIX]})
+    elif whole and SHARING_STRATEGY_LABEL not in podspec.mapping(pod_spec.get("nodeSelector")):
+        expressions.append({"key": SHARING_STRATEGY_LABEL, "operator": "NotIn", "values": list(SHARED_STRATEGIES)})
+    _plan_node_selector(draft, pod_spec, selector)
+    _plan_affinity(draft, pod_spec, expressions)
 
 
 def _plan_tolerations(draft: _Draft, pod_spec: JsonObject, wanted: Sequence[Toleration]) -> None:
@@ -169,6 +214,45 @@ def _plan_node_selector(draft: _Draft, pod_spec: JsonObject, wanted: Mapping[str
         draft.add(f"/spec/nodeSelector/{pointer_key(key)}", value, f"nodeSelector {key}={value}")
 
 
+def _plan_affinity(draft: _Draft, pod_spec: JsonObject, wanted: Sequence[dict[str, Any]]) -> None:
+    """AND `wanted` into every required node-selector term (terms are ORed), skipping keys a term already constrains."""
+    if not wanted:
+        return
+    affinity = podspec.mapping(pod_spec.get("affinity"))
+    node = podspec.mapping(affinity.get("nodeAffinity"))
+    required = podspec.mapping(node.get(REQUIRED))
+    terms = podspec.sequence(required.get("nodeSelectorTerms"))
+    change = "required node affinity " + ", ".join(_expression_text(e) for e in wanted)
+    fresh = {"nodeSelectorTerms": [{"matchExpressions": list(wanted)}]}
+    if not isinstance(pod_spec.get("affinity"), dict):
+        draft.add("/spec/affinity", {"nodeAffinity": {REQUIRED: fresh}}, change)
+    elif not isinstance(affinity.get("nodeAffinity"), dict):
+        draft.add("/spec/affinity/nodeAffinity", {REQUIRED: fresh}, change)
+    elif not isinstance(node.get(REQUIRED), dict) or not terms:
+        draft.add(f"/spec/affinity/nodeAffinity/{REQUIRED}", fresh, change, replace=REQUIRED in node)
+    else:
+        for index, term in enumerate(terms):
+            _extend_term(draft, f"/spec/affinity/nodeAffinity/{REQUIRED}/nodeSelectorTerms/{index}",
+                         podspec.mapping(term), wanted)
+
+
+def _extend_term(draft: _Draft, path: str, term: JsonObject, wanted: Sequence[dict[str, Any]]) -> None:
+    present = {podspec.mapping(e).get("key") for e in podspec.sequence(term.get("matchExpressions"))}
+    missing = [e for e in wanted if e["key"] not in present]
+    if not missing:
+        return
+    change = "required node affinity " + ", ".join(_expression_text(e) for e in missing)
+    if not isinstance(term.get("matchExpressions"), list):
+        draft.add(f"{path}/matchExpressions", missing, change)
+        return
+    for expression in missing:
+        draft.add(f"{path}/matchExpressions/-", expression, f"required node affinity {_expression_text(expression)}")
+
+
+def _expression_text(expression: Mapping[str, Any]) -> str:
+    return f"{expression['key']} {expression['operator']} [{', '.join(expression['values'])}]"
+
+
 def _plan_scheduler(draft: _Draft, pod_spec: JsonObject, scheduler: str) -> None:
     current = pod_spec.get("schedulerName") or ""
     if not scheduler or current == scheduler:
@@ -178,6 +262,8 @@ def _plan_scheduler(draft: _Draft, pod_spec: JsonObject, scheduler: str) -> None
         return
     draft.add("/spec/schedulerName", scheduler, f"schedulerName {scheduler}", replace="schedulerName" in pod_spec)
 
+
+# ------------------------------------------------------------------------------------------------------------- Triton
 
 _METRICS_PORT = re.compile(r"^--metrics-port(?:=(?P<value>.*))?$")
 _ALLOW_METRICS = re.compile(r"^--allow-metrics(?:=(?P<value>.*))?$")
@@ -197,7 +283,27 @@ def _flag(words: Sequence[str], pattern: re.Pattern[str]) -> str | None:
     return found
 
 
+def knative(pod: JsonObject) -> bool:
+    """A Knative (Serverless) pod: it has a queue-proxy, a revision label, or says so in its deployment mode."""
+    containers = podspec.sequence(podspec.spec_of(pod).get("containers"))
+    if any(podspec.mapping(c).get("name") == QUEUE_PROXY for c in containers):
+        return True
+    if KNATIVE_REVISION_LABEL in podspec.labels_of(pod):
+        return True
+    return podspec.annotations_of(pod).get(DEPLOYMENT_MODE_ANNOTATION) in ("Serverless", "Knative")
+
+
 def _plan_triton(draft: _Draft, pod: JsonObject, container: ContainerRef | None, effective: Effective) -> None:
+    """Triton's metrics port and path in the annotations that make Prometheus scrape it in this pod's mode.
+
+    KServe's pod mutator (pkg/webhook/admission/pod/metrics_aggregate_injector.go) owns `prometheus.io/port` and
+    `/path` whenever `serving.kserve.io/enable-prometheus-scraping` is "true" and rewrites them on every invocation:
+    to queue-proxy's own metrics port 9091, or to 9088 when `serving.kserve.io/enable-metric-aggregation` is "true",
+    where queue-proxy (KServe's qpext image) merges in the model server's metrics from `prometheus.kserve.io/port` and
+    `/path`. So in that mode we set only the `prometheus.kserve.io/*` pair, and say when Triton's metrics would still
+    not be scraped: without aggregation, and in Standard mode, which has no queue-proxy at all. Otherwise we point
+    `prometheus.io/*` at Triton directly, which works in both modes.
+    """
     words = [] if container is None else [str(w) for w in (*podspec.sequence(container.body.get("command")),
                                                             *podspec.sequence(container.body.get("args")))]
     if (_flag(words, _ALLOW_METRICS) or "true").lower() == "false":
@@ -205,12 +311,25 @@ def _plan_triton(draft: _Draft, pod: JsonObject, container: ContainerRef | None,
         return
     port = _flag(words, _METRICS_PORT) or str(effective.triton_metrics.port)
     path = effective.triton_metrics.path
-    if podspec.annotations_of(pod).get(KSERVE_SCRAPING_ANNOTATION) == "true":
-        # KServe owns prometheus.io/* in this mode and rewrites it on every (re)invocation; it reads these instead.
-        wanted = {"prometheus.kserve.io/port": port, "prometheus.kserve.io/path": path}
-    else:
-        wanted = {"prometheus.io/scrape": "true", "prometheus.io/port": port, "prometheus.io/path": path}
     existing = podspec.annotations_of(pod)
+    if existing.get(KSERVE_SCRAPING_ANNOTATION) != "true":
+        wanted = {"prometheus.io/scrape": "true", "prometheus.io/port": port, "prometheus.io/path": path}
+    else:
+        wanted = {"prometheus.kserve.io/port": port, "prometheus.kserve.io/path": path}
+        if not knative(pod):
+            draft.warnings.append(
+                f"Triton's metrics on :{port} are not scraped: in Standard mode {KSERVE_SCRAPING_ANNOTATION} points "
+                "prometheus.io/port at queue-proxy, which these pods do not have; remove that annotation (gpuguard then "
+                f"points prometheus.io/* at Triton) or scrape port {port} with a PodMonitor"
+            )
+        elif existing.get(KSERVE_AGGREGATION_ANNOTATION) == "true":
+            wanted["prometheus.io/scrape"] = "true"
+        else:
+            draft.warnings.append(
+                f"Triton's metrics on :{port} are not scraped: KServe points prometheus.io/port at queue-proxy's own "
+                f"metrics; set {KSERVE_AGGREGATION_ANNOTATION}: \"true\" on the InferenceService (with KServe's "
+                "queue-proxy extension image) to merge them in"
+            )
     draft.annotations.update({k: v for k, v in wanted.items() if k not in existing})
 
 

@@ -12,21 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuguard.policy.mig import MIG_RESOURCE_PREFIX
+from gpuguard.policy.resources import is_gpu_resource
 
 JsonObject = Mapping[str, Any]
 
 MODEL_CONTAINER = "kserve-container"
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 COMPONENT_LABEL = "component"
-
-WHOLE_GPU = "nvidia.com/gpu"
-SHARED_GPU = "nvidia.com/gpu.shared"
-OTHER_VENDOR_GPUS = ("amd.com/gpu", "intel.com/gpu", "habana.ai/gaudi")
-
-
-def is_gpu_resource(name: str) -> bool:
-    """Every resource that means "a GPU or part of one", as KServe's own validation counts them."""
-    return name in (WHOLE_GPU, SHARED_GPU) or name.startswith(MIG_RESOURCE_PREFIX) or name in OTHER_VENDOR_GPUS
 
 
 def is_mig_resource(name: str) -> bool:
@@ -109,21 +101,13 @@ class ContainerRef:
 
 
 def asks_for_gpu(container: JsonObject) -> bool:
-    """Whether a container names any GPU resource in its limits or requests."""
+    """Whether a container names any GPU resource in its limits or requests, even with a count of 0: what the user
+    wrote about GPUs is kept (how many GPUs the pod gets is `gpuguard.policy.demand`'s question)."""
     resources = mapping(container.get("resources"))
     for section in (resources.get("limits"), resources.get("requests")):
         if isinstance(section, dict) and any(is_gpu_resource(name) for name in section):
             return True
     return False
-
-
-def pod_asks_for_gpu(pod_spec: JsonObject) -> bool:
-    """Whether any container or init container of the pod names a GPU resource."""
-    return any(
-        asks_for_gpu(mapping(c))
-        for kind in ("containers", "initContainers")
-        for c in sequence(pod_spec.get(kind))
-    )
 
 
 def containers(pod_spec: JsonObject) -> list[ContainerRef]:

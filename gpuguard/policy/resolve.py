@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from fnmatch import fnmatchcase
 from typing import Any
 
 from gpuguard.policy import mig
+from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.loading import PRODUCT_LABEL, unknown_profile_message
 from gpuguard.policy.model import (
+    ExternallyManaged,
     GpuSpec,
     Limits,
     Mode,
@@ -39,6 +42,7 @@ OVERRIDE_ANNOTATIONS: Mapping[UserOverride, str] = {
     "skip": SKIP_ANNOTATION,
 }
 DEFAULTS_RULE = "defaults"
+KNOWN_ANNOTATIONS = frozenset({*OVERRIDE_ANNOTATIONS.values(), APPLIED_ANNOTATION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,9 @@ class Problem:
     """`container 'kserve-container'`, `annotation gpuguard.io/gpu-count`, `predictor.model`."""
     message: str
     fix: str
+    code: str = "policy"
+    """What kind of problem: `quantity` for what kube-apiserver itself also refuses in a pod (extended resources that
+    are not whole numbers, requests that differ from limits), `policy` for what only gpuguard refuses."""
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}. Fix: {self.fix}"
@@ -71,7 +78,12 @@ class Effective:
     problems: tuple[Problem, ...] = ()
     """Invalid user annotations: validation refuses them, mutation ignores them."""
     notes: tuple[str, ...] = field(default=())
-    """Annotations that were ignored because policy does not let users set them."""
+    """Annotations that were ignored: not allowed by policy, or not gpuguard's (misspelt)."""
+    gpu_types: frozenset[str] = frozenset()
+    """The policy's extra GPU resource types (`gpuResourceTypes`)."""
+    external: ExternallyManaged = ExternallyManaged()
+    catalog: MigCatalog = mig.BUILTIN
+    """The policy's MIG catalog, which the profile checks resolve models and profiles through."""
 
 
 def namespace_mode_and_limits(policy: Policy, namespace: str) -> tuple[Mode, Limits]:
@@ -115,7 +127,7 @@ def resolve(
     base = policy.defaults
     gpu = rule.gpu if rule and rule.gpu is not None else base.gpu
     node_selector = rule.node_selector if rule and rule.node_selector is not None else base.node_selector
-    overrides = _user_overrides(policy.user_overrides, annotations, limits)
+    overrides = _user_overrides(policy.user_overrides, annotations, limits, policy.catalog)
     if overrides.product is not None:
         node_selector = {**node_selector, PRODUCT_LABEL: overrides.product}
     return Effective(
@@ -131,6 +143,9 @@ def resolve(
         skip=overrides.skip,
         problems=tuple(overrides.problems),
         notes=tuple(overrides.notes),
+        gpu_types=frozenset(policy.gpu_resource_types),
+        external=policy.externally_managed,
+        catalog=policy.catalog,
     )
 
 
@@ -143,11 +158,14 @@ class _Overrides:
     notes: list[str] = field(default_factory=list)
 
 
-def _user_overrides(allowed: tuple[UserOverride, ...], annotations: Mapping[str, Any], limits: Limits) -> _Overrides:
+def _user_overrides(
+    allowed: tuple[UserOverride, ...], annotations: Mapping[str, Any], limits: Limits, catalog: MigCatalog
+) -> _Overrides:
     """What the user's gpuguard.io/* annotations ask for, where policy lets them; problems for bad values."""
     found = _Overrides()
     if not any(key.startswith(ANNOTATION_PREFIX) for key in annotations):
         return found  # the common case, kept cheap
+    found.notes += _unknown_annotation_notes(annotations)
     given = {kind: str(annotations[key]) for kind, key in OVERRIDE_ANNOTATIONS.items() if key in annotations}
     for kind in [k for k in given if k not in allowed]:
         found.notes.append(
@@ -160,13 +178,26 @@ def _user_overrides(allowed: tuple[UserOverride, ...], annotations: Mapping[str,
         names = ", ".join(OVERRIDE_ANNOTATIONS[k] for k in gpu_choices)
         found.problems.append(Problem(f"annotations {names}", "conflict", "set only one of them"))
     elif gpu_choices:
-        found.gpu = _gpu_from_annotation(gpu_choices[0], given[gpu_choices[0]], limits, found.problems)
+        found.gpu = _gpu_from_annotation(gpu_choices[0], given[gpu_choices[0]], limits, found.problems, catalog)
     found.product = given.get("gpu-product")
     found.skip = given.get("skip", "").lower() == "true"
     return found
 
 
-def _gpu_from_annotation(kind: str, value: str, limits: Limits, problems: list[Problem]) -> GpuSpec | None:
+def _unknown_annotation_notes(annotations: Mapping[str, Any]) -> list[str]:
+    """A `gpuguard.io/*` key gpuguard does not read is almost always a typo; say so, with the likely key."""
+    notes = []
+    for key in annotations:
+        if key.startswith(ANNOTATION_PREFIX) and key not in KNOWN_ANNOTATIONS:
+            close = get_close_matches(key, sorted(KNOWN_ANNOTATIONS), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; gpuguard reads {', '.join(sorted(KNOWN_ANNOTATIONS))}"
+            notes.append(f"annotation {quoted(key)} is not one gpuguard reads and was ignored{hint}")
+    return notes
+
+
+def _gpu_from_annotation(
+    kind: str, value: str, limits: Limits, problems: list[Problem], catalog: MigCatalog
+) -> GpuSpec | None:
     where = f"annotation {OVERRIDE_ANNOTATIONS[kind]}"  # type: ignore[index]  # kind is one of the GPU overrides
     if kind == "gpu-count":
         count = whole_number(value)
@@ -181,16 +212,18 @@ def _gpu_from_annotation(kind: str, value: str, limits: Limits, problems: list[P
             return None
         return GpuSpec(count=count)
     if kind == "mig-profile":
-        return _mig_from_annotation(where, value, limits, problems)
+        return _mig_from_annotation(where, value, limits, problems, catalog)
     if value != "time-slicing":
         problems.append(Problem(where, f"{quoted(value)} is not a sharing mode", "write \"time-slicing\""))
         return None
     return GpuSpec(sharing="timeSlicing")
 
 
-def _mig_from_annotation(where: str, value: str, limits: Limits, problems: list[Problem]) -> GpuSpec | None:
-    if not mig.is_known_profile(value):
-        problems.append(Problem(where, unknown_profile_message(value), "use one of the known profiles"))
+def _mig_from_annotation(
+    where: str, value: str, limits: Limits, problems: list[Problem], catalog: MigCatalog
+) -> GpuSpec | None:
+    if not catalog.knows(value):
+        problems.append(Problem(where, unknown_profile_message(value, catalog), "use one of the known profiles"))
         return None
     if limits.allowed_mig_profiles and value not in limits.allowed_mig_profiles:
         allowed = ", ".join(limits.allowed_mig_profiles)

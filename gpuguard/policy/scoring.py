@@ -6,6 +6,7 @@ replay can call them directly. Pure: no I/O, no clock (callers pass `now`, unix 
 
 Filter refuses a node, with a one-line reason, when
 - its `nvidia.com/gpu.product` does not match the pod's selector or required node affinity (unresolvable),
+- its GPUs are time-sliced or MPS shares and the pod's required node affinity excludes those (unresolvable),
 - it has none of a requested GPU resource, or not enough of it free (free = allocatable minus the requests of the
   node's bound, non-terminated pods; for MIG, free instances of the profile),
 - every candidate GPU is at or above `scheduling.maxGpuUtilization` according to fresh samples. A node with stale or
@@ -50,13 +51,14 @@ from gpuguard.policy.gpustate import (
     NodeGpuState,
     NodeUtilization,
     product_refusal,
+    sharing_refusal,
 )
 from gpuguard.policy.model import Scheduling, Weights
 
 MAX_SCORE = 10
 NEUTRAL_PERCENT = 50.0
 
-RefusalCause = Literal["product", "no-resource", "insufficient", "utilization"]
+RefusalCause = Literal["product", "sharing", "no-resource", "insufficient", "utilization"]
 FitKey = tuple[float, ...]
 
 
@@ -91,6 +93,9 @@ def fit_refusal(request: GpuRequest, state: NodeGpuState) -> Refusal | None:
     mismatch = product_refusal(request, state.product)
     if mismatch is not None:
         return Refusal(state.name, mismatch, "product", resolvable=False)
+    shared = sharing_refusal(request, state.sharing)
+    if shared is not None:
+        return Refusal(state.name, shared, "sharing", resolvable=False)
     for resource, count in request.resources:
         total = state.allocatable.get(resource, 0)
         if total == 0:
@@ -153,10 +158,11 @@ def _fit_suspects(request: GpuRequest, states: Sequence[NodeGpuState]) -> Sequen
     """The states that might fail `fit_refusal` (all of them unless the request has the one common shape)."""
     if len(request.resources) != 1 or request.product_terms:
         return states
-    (resource, count), product = request.resources[0], request.product
-    if product is None:
+    (resource, count), product, avoid = request.resources[0], request.product, request.avoid_sharing
+    if product is None and not avoid:
         return [s for s in states if s.free.get(resource, 0) < count]
-    return [s for s in states if s.free.get(resource, 0) < count or s.product != product]
+    return [s for s in states
+            if s.free.get(resource, 0) < count or (product is not None and s.product != product) or s.sharing in avoid]
 
 
 def _hot_suspects(
@@ -360,10 +366,12 @@ def _feasible(request: GpuRequest, states: Sequence[NodeGpuState]) -> list[int]:
     """Positions of the states that pass `fit_refusal` (screened cheaply for the common request shape)."""
     if len(request.resources) != 1 or request.product_terms:
         return [i for i, s in enumerate(states) if fit_refusal(request, s) is None]
-    (resource, count), product = request.resources[0], request.product
-    if product is None:
+    (resource, count), product, avoid = request.resources[0], request.product, request.avoid_sharing
+    if product is None and not avoid:
         return [i for i, s in enumerate(states) if s.free.get(resource, 0) >= count]
-    return [i for i, s in enumerate(states) if s.free.get(resource, 0) >= count and s.product == product]
+    return [i for i, s in enumerate(states)
+            if s.free.get(resource, 0) >= count and (product is None or s.product == product)
+            and s.sharing not in avoid]
 
 
 def _fit_keys(request: GpuRequest, states: Sequence[NodeGpuState], *, spread: bool) -> list[FitKey]:

@@ -26,11 +26,11 @@ def simulate_command(args: argparse.Namespace) -> int:
     from gpuguard.policy.loading import PolicyError, default_policy_text, parse_policy
     from gpuguard.simulate import report
     from gpuguard.simulate.engine import SCHEDULERS, pickers, replay
-    from gpuguard.simulate.model import build_cluster, build_trace
+    from gpuguard.simulate.model import NODE_MIX, build_cluster, build_trace
 
-    if args.nodes < 4 or args.pods < 1:
-        print("gpuguard simulate: --nodes must be at least 4 (one of each node kind) and --pods at least 1",
-              file=sys.stderr)
+    if args.nodes < len(NODE_MIX) or args.pods < 1:
+        print(f"gpuguard simulate: --nodes must be at least {len(NODE_MIX)} (one of each node kind) and --pods at "
+              "least 1", file=sys.stderr)
         return 2
     try:
         policy = parse_policy(args.policy.read_text() if args.policy else default_policy_text())

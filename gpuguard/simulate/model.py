@@ -1,30 +1,58 @@
 """The simulated cluster and the arrival trace `gpuguard simulate` replays. Pure and seeded: same seed, same run.
 
-Cluster, for N nodes (at least one of each kind): 40 % whole-GPU nodes of 8 H100 80GB, 20 % of 8 A100 80GB, 25 % of
-8 H100 80GB under the MIG mixed strategy (half the GPUs in the GPU Operator's all-1g.10gb layout, half in
-all-balanced), 15 % of 4 T4s time-sliced 4 ways. Each whole-GPU node gets a background utilization drawn from
-5/20/40/60/85 % (other tenants' load, which the utilization weighting should steer around; it stays static).
+Cluster, for N nodes (at least one of each kind): 40 % whole-GPU nodes of 8 H100 80GB, 20 % of 8 A100 80GB, 15 % of
+8 H100 80GB under the MIG mixed strategy, 10 % of 8 B200 under the MIG mixed strategy (on both MIG pools, half the
+GPUs in the GPU Operator's all-1g layout, half in all-balanced, placed by the catalog's start slots), 15 % of 4 T4s
+time-sliced 4 ways. Each whole-GPU node gets a background utilization drawn from 5/20/40/60/85 % (other tenants'
+load, which the utilization weighting should steer around; it stays static).
 
 Trace, M pods arriving one per second on average (exponential gaps), each living an exponentially distributed time
 (mean `lifetime`): 40 % whole-GPU LLM servers (1, 2, 4 or 8 GPUs with weights 10, 8, 12, 10, so 22 % of all pods ask
 for 4 or 8 GPUs; 70 % pin H100, 30 % A100 through the product selector the webhook's rules add), 45 % small models on
-one MIG slice (1g.10gb 30, 2g.20gb 10, 3g.40gb 5), 15 % development models on one time-sliced T4 share.
+one MIG slice (60 % on H100: 1g.10gb 30, 2g.20gb 10, 3g.40gb 5; 40 % on B200: 1g.23gb 30,
+2g.45gb 10, 3g.90gb 5), 15 % development models on one time-sliced T4 share.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from gpuguard.policy import mig
-from gpuguard.policy.gpustate import GpuRequest, GpuSample, MigGpu, MigSlice, NodeGpuState, NodeUtilization
+from gpuguard.policy.catalog import GpuModel
+from gpuguard.policy.gpustate import (
+    GpuRequest,
+    GpuSample,
+    MigSlice,
+    NodeGpuState,
+    NodeUtilization,
+    catalog_gpu,
+    gpu_request,
+    place_instances,
+)
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 A100 = "NVIDIA-A100-SXM4-80GB"
+T4 = "Tesla-T4"
+B200 = "NVIDIA-B200"
 T4_SHARED = "Tesla-T4-SHARED"
+"""GPU Feature Discovery's product label on a time-sliced node (renameByDefault: false)."""
 GPU = "nvidia.com/gpu"
+PRODUCT = "nvidia.com/gpu.product"
+SHARING = "nvidia.com/gpu.sharing-strategy"
+NOT_SHARED = {"key": SHARING, "operator": "NotIn", "values": ["time-slicing", "mps"]}
 BACKGROUND = (5.0, 20.0, 40.0, 60.0, 85.0)
-NODE_MIX = (("h100", 0.40), ("a100", 0.20), ("h100-mig", 0.25), ("t4", 0.15))
+NODE_MIX = (("h100", 0.40), ("a100", 0.20), ("h100-mig", 0.15), ("b200-mig", 0.10), ("t4", 0.15))
+MIG_POOLS = {
+    # product: (the all-1g profile, the all-balanced layout, the trace's profile weights), names as the catalog has them
+    H100: ("1g.10gb", {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1}, {"1g.10gb": 30, "2g.20gb": 10, "3g.40gb": 5}),
+    B200: ("1g.23gb", {"1g.23gb": 2, "2g.45gb": 1, "3g.90gb": 1}, {"1g.23gb": 30, "2g.45gb": 10, "3g.90gb": 5}),
+}
+MIG_SHARE = {H100: 0.6, B200: 0.4}
+"""Of the MIG pods, the share for each pool (its share of the MIG nodes)."""
+MIG_CHOICES = tuple((product, profile) for product, pool in MIG_POOLS.items() for profile in pool[2])
+MIG_WEIGHTS = tuple(MIG_SHARE[product] * MIG_POOLS[product][2][profile] for product, profile in MIG_CHOICES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,23 +108,28 @@ def _node(kind: str, name: str) -> NodeGpuState:
     if kind == "a100":
         return NodeGpuState(name, A100, {GPU: 8}, {}, physical_gpus=8)
     if kind == "t4":
-        return NodeGpuState(name, T4_SHARED, {GPU: 16}, {}, physical_gpus=4)
-    return _mig_node(name)
+        return NodeGpuState(name, T4_SHARED, {GPU: 16}, {}, physical_gpus=4, sharing="time-slicing")
+    return _mig_node(name, H100 if kind == "h100-mig" else B200)
 
 
-def _mig_node(name: str) -> NodeGpuState:
-    model = mig.model_named("H100-80GB")
+def _mig_node(name: str, product: str) -> NodeGpuState:
+    model = mig.model_for_product(product)
     assert model is not None
-    all_1g = tuple(MigSlice("1g.10gb", start, 1) for start in range(7))
-    balanced = (MigSlice("2g.20gb", 0, 2), MigSlice("1g.10gb", 2, 1), MigSlice("1g.10gb", 3, 1),
-                MigSlice("3g.40gb", 4, 4))
-    gpus = tuple(MigGpu(i, f"{name}/{i}", model.name, all_1g if i < 4 else balanced) for i in range(8))
+    one_g, balanced, _ = MIG_POOLS[product]
+    layouts = (_layout(model, {one_g: 7}), _layout(model, balanced))
+    gpus = tuple(catalog_gpu(model, i, f"{name}/{i}", layouts[i >= 4]) for i in range(8))
     allocatable: dict[str, int] = {}
     for gpu in gpus:
         for piece in gpu.slices:
             resource = mig.mig_resource_name(piece.profile)
             allocatable[resource] = allocatable.get(resource, 0) + 1
-    return NodeGpuState(name, H100, allocatable, {}, mig_gpus=gpus, physical_gpus=8)
+    return NodeGpuState(name, product, allocatable, {}, mig_gpus=gpus, physical_gpus=8)
+
+
+def _layout(model: GpuModel, counts: dict[str, int]) -> tuple[MigSlice, ...]:
+    placed = place_instances(model, counts)
+    assert placed is not None, f"{counts} does not fit one {model.name}"
+    return placed
 
 
 def build_trace(pods: int, seed: int, *, lifetime: float = 900.0) -> tuple[SimPod, ...]:
@@ -111,11 +144,27 @@ def build_trace(pods: int, seed: int, *, lifetime: float = 900.0) -> tuple[SimPo
 
 
 def _request(kind: str, rnd: random.Random) -> GpuRequest:
+    """The request of a pod shaped as gpuguard's webhook admits it, read through the same GPU-demand model the
+    extender uses (so the simulator and the extender can never count a pod differently)."""
     if kind == "llm":
         count = rnd.choices((1, 2, 4, 8), (10, 8, 12, 10))[0]
         product = H100 if rnd.random() < 0.7 else A100
-        return GpuRequest(((GPU, count),), product=product)
+        return gpu_request(admitted_pod({GPU: count}, {PRODUCT: product}, [NOT_SHARED]))
     if kind == "mig":
-        profile = rnd.choices(("1g.10gb", "2g.20gb", "3g.40gb"), (30, 10, 5))[0]
-        return GpuRequest(((mig.mig_resource_name(profile), 1),), product=H100)
-    return GpuRequest(((GPU, 1),), product=T4_SHARED)
+        product, profile = rnd.choices(MIG_CHOICES, MIG_WEIGHTS)[0]  # one draw, as for the other kinds
+        return gpu_request(admitted_pod({mig.mig_resource_name(profile): 1}, {PRODUCT: product}, []))
+    shared_t4 = {"key": PRODUCT, "operator": "In", "values": [T4, T4_SHARED]}
+    return gpu_request(admitted_pod({GPU: 1}, {SHARING: "time-slicing"}, [shared_t4]))
+
+
+def admitted_pod(limits: dict[str, int], selector: dict[str, str], expressions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A predictor pod after admission: the GPU on kserve-container, the node selector and required affinity."""
+    spec: dict[str, Any] = {
+        "containers": [{"name": "kserve-container", "resources": {"limits": {k: str(v) for k, v in limits.items()}}},
+                       {"name": "queue-proxy"}],
+        "nodeSelector": selector,
+    }
+    if expressions:
+        spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": expressions}]}}}
+    return {"apiVersion": "v1", "kind": "Pod", "spec": spec}

@@ -3,7 +3,9 @@
 Node facts and pod usages arrive from a source (a `--cluster-state` file, a Kubernetes watch) or, for full-Node
 requests, from the request itself. Each node's `NodeGpuState` (with its precomputed summary) is rebuilt when its Node
 object or one of its pods changes, so a filter or prioritize call does one dictionary lookup per candidate. Full-Node
-requests reuse the facts of nodes whose resourceVersion did not change since the last request.
+requests reuse the facts of nodes whose resourceVersion did not change since the last request. MIG layouts are
+resolved through the catalog of the policy in force (`use_catalog`): when a reloaded policy adds or replaces GPU
+models, every node's facts are rebuilt from what they keep, before the next decision reads them.
 
 Nothing here reserves capacity: without a bind verb the scheduler may bind elsewhere, and reservations would go stale
 (domain.md 7.3). Capacity is released the moment the pod's deletion or termination is seen. Single-threaded: sources
@@ -17,18 +19,22 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gpuguard.contracts.extender import node_name
+from gpuguard.policy import mig
+from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.gpuindex import GpuIndex
 from gpuguard.policy.gpustate import NodeGpuState, with_used
 from gpuguard.policy.podspec import mapping
-from scheduler_ext.inventory.nodes import NodeFacts, node_facts
+from scheduler_ext.inventory.nodes import NodeFacts, node_facts, with_catalog
 from scheduler_ext.inventory.pods import PodUsage, pod_key, pod_usage
 
 log = logging.getLogger(__name__)
 
 
 class InventoryStore:
-    def __init__(self, *, pods_known: bool = True) -> None:
+    def __init__(self, *, pods_known: bool = True, catalog: MigCatalog = mig.BUILTIN) -> None:
         self.pods_known = pods_known
+        self.catalog = catalog
+        """The MIG catalog node facts are resolved through (the policy's)."""
         """False when no source lists pods: states then carry `used=None` and the agent's busy flags count."""
         self.nodes_loaded = False
         self.pods_loaded = False
@@ -82,7 +88,7 @@ class InventoryStore:
             if cached is not None and version and cached[0] == version and cached[1] == pods:
                 entry = cached
             else:
-                entry = (version, pods, self._with_pods(self._checked(node_facts(item))))
+                entry = (version, pods, self._with_pods(self._checked(node_facts(item, catalog=self.catalog))))
             memo[name] = entry
             states.append(entry[2])
         self._request_memo = memo
@@ -91,7 +97,7 @@ class InventoryStore:
     # ------------------------------------------------------------------------------------------------------- nodes
 
     def replace_nodes(self, nodes: Iterable[dict[str, Any]]) -> None:
-        facts = {f.name: f for f in map(node_facts, nodes) if f.name}
+        facts = {f.name: f for f in (node_facts(n, catalog=self.catalog) for n in nodes) if f.name}
         for name in set(self._facts) - set(facts):
             self._forget_node(name)
         for fact in facts.values():
@@ -100,13 +106,24 @@ class InventoryStore:
         self.generation += 1
 
     def upsert_node(self, node: dict[str, Any]) -> None:
-        fact = node_facts(node)
+        fact = node_facts(node, catalog=self.catalog)
         if fact.name:
             self._put_facts(fact)
             self.generation += 1
 
     def delete_node(self, node: dict[str, Any]) -> None:
         self._forget_node(str((node.get("metadata") or {}).get("name") or ""))
+        self.generation += 1
+
+    def use_catalog(self, catalog: MigCatalog) -> None:
+        """Resolve MIG layouts through `catalog` from now on; rebuild every node's facts if it differs."""
+        if catalog is self.catalog or catalog == self.catalog:
+            return
+        self.catalog = catalog
+        self._request_memo = {}
+        for name, fact in list(self._facts.items()):
+            self._facts[name] = with_catalog(fact, catalog)
+            self._refresh(name)
         self.generation += 1
 
     def _put_facts(self, fact: NodeFacts) -> None:

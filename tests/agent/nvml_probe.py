@@ -3,12 +3,15 @@
 `python -m tests.agent.nvml_probe SCENARIO.json` with LD_LIBRARY_PATH pointing at the fake library and
 FAKE_NVML_CONFIG at a writable path. The scenario is `{"hostname": ..., "steps": [nvml config, ...]}`: for each step
 the config is swapped in (the library re-reads it), the agent's registry is scraped once, and what the agent saw is
-written to stdout as JSON: the snapshot, the exposition text, the inventory annotation and the NVML error counts.
+written to stdout as JSON: the snapshot, the exposition text, the inventory annotation, the NVML error counts and
+the GPM samples the library holds. GPM measures every read (`gpmMinInterval`, default 0 s): steps follow each other
+within milliseconds.
 A process of its own because pynvml loads the library once, through the dynamic linker's search path.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -64,7 +67,8 @@ def main(scenario_path: str) -> None:
     scenario = json.loads(Path(scenario_path).read_text())
     config_path = Path(os.environ["FAKE_NVML_CONFIG"])
     swap_in(scenario["steps"][0], config_path)
-    backend = Recording(NvmlBackend())
+    backend = Recording(NvmlBackend(gpm_min_interval=scenario.get("gpmMinInterval", 0.0)))
+    library = ctypes.CDLL("libnvidia-ml.so.1")  # the fake one: what pynvml loaded
     registry = CollectorRegistry()
     metrics = AgentMetrics(registry)
     registry.register(GpuCollector(backend, hostname=scenario["hostname"], metrics=metrics))
@@ -78,8 +82,10 @@ def main(scenario_path: str) -> None:
             "metrics": exposition,
             "inventory": json.loads(encode_inventory(inventory)),
             "errors": error_counts(exposition),
+            "gpmSamples": library.fakeNvmlLiveGpmSamples(),
         })
     backend.close()
+    results.append({"gpmSamples": library.fakeNvmlLiveGpmSamples()})
     json.dump(results, sys.stdout)
 
 

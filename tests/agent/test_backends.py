@@ -109,3 +109,30 @@ def test_the_null_backend_reports_no_gpu_and_says_why_once(caplog: pytest.LogCap
 def test_the_fake_backend_needs_its_file() -> None:
     with pytest.raises(BackendUnavailable, match="--fake-gpus"):
         open_backend(AgentSettings(node_name="n", backend="fake"))
+
+
+def test_a_replayed_annotation_sizes_its_mig_devices_from_the_catalog(tmp_path: Path) -> None:
+    annotation = ('{"v":1,"ts":"2026-05-01T12:00:00Z","gpus":[{"index":0,"uuid":"GPU-1",'
+                  '"product":"NVIDIA-H100-80GB-HBM3","memoryMiB":81559,"mig":{"enabled":true,"devices":['
+                  '{"profile":"3g.40gb","start":4,"size":4,"uuid":"MIG-1","busy":true},'
+                  '{"profile":"1g.10gb","start":0,"size":1,"uuid":"MIG-2","busy":false,"utilPercent":15},'
+                  '{"profile":"9g.99gb","start":1,"size":1,"uuid":"MIG-3","busy":false}]}}]}')
+    (tmp_path / "gpus.json").write_text(annotation)
+    [gpu] = FakeBackend(tmp_path / "gpus.json").read().gpus
+    busy, idle, unknown = gpu.mig_devices
+    assert (busy.memory_total_mib, busy.memory_used_mib) == (40 * 1024, None)  # in use, but how much is unknown
+    assert (idle.memory_total_mib, idle.memory_used_mib, idle.memory_free_mib) == (10 * 1024, 0, 10 * 1024)
+    assert unknown.memory_total_mib is None  # a profile the catalog does not know: no invented size
+    assert idle.activity is not None and idle.activity.graphics == pytest.approx(0.15)
+    assert busy.activity is None
+
+
+def test_fake_gpus_carry_a_pci_bus_id_and_gpm_activity_where_the_file_gives_it() -> None:
+    gpus = FakeBackend(ROOT / "examples" / "fake-gpus" / "h100-mig.yaml").read().gpus
+    assert [g.pci_bus_id for g in gpus] == ["00000000:19:00.0", "00000000:3B:00.0", "00000000:4C:00.0",
+                                           "00000000:5D:00.0"]
+    assert gpus[0].activity is None  # MIG: the instances carry it
+    assert gpus[2].activity is not None and (gpus[2].activity.graphics, gpus[2].activity.sm) == (0.74, 0.58)
+    assert [m.activity.graphics if m.activity else None for m in gpus[0].mig_devices] == [0.61, 0.35, 0.0, 0.88]
+    default = gpu_reading(parse_fake_gpus("gpus: [{index: 4, uuid: G, product: P, memoryMiB: 1}]").gpus[0])
+    assert default.pci_bus_id == "00000000:05:00.0"

@@ -90,3 +90,30 @@ def test_a_missing_or_unreadable_annotation_is_replaced() -> None:
     assert needs_publishing(None, inventory(gpu()), refresh_after=60)
     stored = encode_inventory(inventory(gpu()))
     assert same_content(published(stored), inventory(gpu(), at=NOW + timedelta(seconds=5)))
+
+
+def test_a_mig_devices_gpm_activity_is_published_in_five_percent_steps() -> None:
+    from node_agent.backend import Activity
+
+    measured = MigReading(gpu_instance_id=2, profile="3g.40gb", start=4, size=4, uuid="MIG-1", busy=True,
+                          activity=Activity(graphics=0.634, sm=0.5))
+    unmeasured = MigReading(gpu_instance_id=3, profile="1g.10gb", start=0, size=1, uuid="MIG-2", busy=False)
+    built = inventory(gpu(mig_enabled=True, util_percent=None, mig_devices=(measured, unmeasured)))
+    first, second = built.gpus[0].mig.devices
+    assert (first.util_percent, second.util_percent) == (65, None)
+    text = encode_inventory(built)
+    assert text.count("utilPercent") == 2  # the GPU's null, and the measured device: an unmeasured one has none
+    assert parse_inventory(text) == built
+    again = build_inventory(Snapshot(driver="550.54.15", gpus=(gpu(mig_enabled=True, util_percent=None, mig_devices=(
+        MigReading(2, "3g.40gb", 4, 4, "MIG-1", True, activity=Activity(graphics=0.68)),)),)), now=NOW,
+        previous=built)
+    assert again.gpus[0].mig.devices[0].util_percent == 65  # within a step of what is shown: no flapping
+
+
+def test_an_annotation_written_before_mig_activity_existed_still_parses() -> None:
+    old = ('{"v":1,"ts":"2026-05-01T12:00:00Z","driver":"550.54.15","gpus":[{"index":0,"uuid":"GPU-1",'
+           '"product":"NVIDIA-H100-80GB-HBM3","memoryMiB":81559,"utilPercent":null,"memoryUsedMiB":1024,'
+           '"mig":{"enabled":true,"devices":[{"profile":"3g.40gb","start":4,"size":4,"uuid":"MIG-1","busy":true}]}}]}')
+    parsed = parse_inventory(old)
+    assert parsed.gpus[0].mig.devices[0].util_percent is None
+    assert encode_inventory(parsed) == old  # and is written back byte for byte

@@ -24,16 +24,23 @@ NODE = load_agent_data("nvml-node.json")
 H100, A100, T4 = 0, 1, 2
 
 
-def probe(steps: list[dict[str, Any]], *, fake_nvml: Path, tmp_path: Path) -> list[dict[str, Any]]:
+def probe_closing(
+    steps: list[dict[str, Any]], *, fake_nvml: Path, tmp_path: Path, gpm_min_interval: float = 0.0
+) -> tuple[list[dict[str, Any]], int]:
+    """The readings, and the GPM samples the library still holds once the backend is closed."""
     scenario = tmp_path / "scenario.json"
-    scenario.write_text(json.dumps({"hostname": "gpu-node-1", "steps": steps}))
+    scenario.write_text(json.dumps({"hostname": "gpu-node-1", "steps": steps, "gpmMinInterval": gpm_min_interval}))
     result = subprocess.run(
         [sys.executable, "-m", "tests.agent.nvml_probe", str(scenario)], cwd=ROOT, capture_output=True, text=True,
         env=agent_env(nvml_dir=fake_nvml, nvml_config=tmp_path / "nvml.json"), timeout=60,
     )
     assert result.returncode == 0, result.stderr
     readings: list[dict[str, Any]] = json.loads(result.stdout)
-    return readings
+    return readings[:-1], int(readings[-1]["gpmSamples"])
+
+
+def probe(steps: list[dict[str, Any]], *, fake_nvml: Path, tmp_path: Path) -> list[dict[str, Any]]:
+    return probe_closing(steps, fake_nvml=fake_nvml, tmp_path=tmp_path)[0]
 
 
 def with_change(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
@@ -161,7 +168,8 @@ def test_a_gpu_lost_half_way_through_its_read_is_not_half_reported(steps: list[d
 
 def test_eight_mig_gpus_are_all_exported(fake_nvml: Path, tmp_path: Path) -> None:
     node = load_agent_data("nvml-8xh100-mig.json")
-    [reading] = probe([node], fake_nvml=fake_nvml, tmp_path=tmp_path)
+    _, reading = probe([node, node], fake_nvml=fake_nvml, tmp_path=tmp_path)
+    assert len(samples(reading["metrics"], "DCGM_FI_PROF_GR_ENGINE_ACTIVE")) == 8 * 7
     used = samples(reading["metrics"], "DCGM_FI_DEV_FB_USED")
     assert len(used) == 8 * 7
     assert {labels["GPU_I_PROFILE"] for labels, _ in used} == {"1g.10gb"}
@@ -178,3 +186,90 @@ def test_nvml_unavailable_says_how_to_fix_it(code: int, expected: str) -> None:
 
     assert expected in unavailable_message(pynvml.NVMLError(code))
     assert error_name(pynvml.NVMLError(code)) in ("LibraryNotFound", "DriverNotLoaded")
+
+
+HOPPER = load_agent_data("nvml-hopper-gpm.json")
+MIG_H100, WHOLE_H100, NO_GPM = 0, 1, 2
+
+
+def hopper_with(*changes: tuple[tuple[Any, ...], Any]) -> dict[str, Any]:
+    config = copy.deepcopy(HOPPER)
+    for path, new in changes:
+        target = config
+        for key in path[:-1]:
+            target = target[key]
+        if new is None:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = new
+    return config
+
+
+@pytest.fixture(scope="module")
+def hopper(fake_nvml: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], int]:
+    """Read 1: first GPM samples. Read 2: activity since read 1. Read 3: the 3g instance got busier and the 1g at
+    GPU-instance 10 was destroyed. Read 4: nvmlGpmMetricsGet fails on the whole node."""
+    return probe_closing([
+        HOPPER, HOPPER,
+        hopper_with((("gpus", MIG_H100, "migDevices", 0, "gpm", "graphicsUtil"), 95.0),
+                    (("gpus", MIG_H100, "migDevices", 2), None)),
+        hopper_with((("fail",), {"nvmlGpmMetricsGet": "UNKNOWN"})),
+    ], fake_nvml=fake_nvml, tmp_path=tmp_path_factory.mktemp("hopper"))
+
+
+def engine(exposition: str) -> dict[tuple[str, str | None], float]:
+    return {(labels["gpu"], labels.get("GPU_I_ID")): v
+            for labels, v in samples(exposition, "DCGM_FI_PROF_GR_ENGINE_ACTIVE")}
+
+
+def test_gpm_needs_two_samples_so_the_first_read_exports_no_activity(hopper: tuple[list[dict[str, Any]], int]) -> None:
+    first = hopper[0][0]
+    assert engine(first["metrics"]) == {}
+    assert all("utilPercent" not in d for d in first["inventory"]["gpus"][MIG_H100]["mig"]["devices"])
+
+
+def test_gpm_activity_per_gpu_instance_and_per_whole_gpu_through_the_real_pynvml(
+    hopper: tuple[list[dict[str, Any]], int]
+) -> None:
+    second = hopper[0][1]
+    assert engine(second["metrics"]) == {("0", "2"): 0.825, ("0", "9"): 0.2, ("0", "10"): 0.0, ("1", None): 0.7325}
+    sm = {(labels["gpu"], labels.get("GPU_I_ID")): v
+          for labels, v in samples(second["metrics"], "DCGM_FI_PROF_SM_ACTIVE")}
+    assert sm == {("0", "2"): 0.61, ("0", "10"): 0.0, ("1", None): 0.555}  # GI 9 measures no SM activity
+    [(labels, _)] = [s for s in samples(second["metrics"], "DCGM_FI_PROF_GR_ENGINE_ACTIVE")
+                     if s[0].get("GPU_I_ID") == "2"]
+    assert (labels["GPU_I_PROFILE"], labels["UUID"], labels["pci_bus_id"]) == (
+        "3g.40gb", HOPPER["gpus"][MIG_H100]["uuid"], "00000000:19:00.0")
+    devices = {d["uuid"][-1]: d.get("utilPercent") for d in second["inventory"]["gpus"][MIG_H100]["mig"]["devices"]}
+    assert devices == {"1": 85, "2": 20, "3": 0}  # 82.5 % in 5 % steps
+    assert not any(name.startswith("nvmlGpm") for name in second["errors"])  # the A100 says it has none: no error
+
+
+def test_gpm_follows_the_activity_and_frees_the_samples_of_destroyed_instances(
+    hopper: tuple[list[dict[str, Any]], int]
+) -> None:
+    readings, left_after_close = hopper
+    third = readings[2]
+    assert engine(third["metrics"]) == {("0", "2"): 0.95, ("0", "9"): 0.2, ("1", None): 0.7325}
+    assert [r["gpmSamples"] for r in readings[:3]] == [8, 8, 6]  # two per sampled device: 3 instances + 1 GPU
+    assert left_after_close == 0
+
+
+def test_a_failing_gpm_call_costs_only_the_activity(hopper: tuple[list[dict[str, Any]], int]) -> None:
+    fourth = hopper[0][3]
+    assert engine(fourth["metrics"]) == {}
+    assert fourth["errors"]["nvmlGpmMetricsGet/Unknown"] == 3
+    assert value(fourth["metrics"], "DCGM_FI_DEV_FB_USED", gpu="0", GPU_I_ID="2") == 18000
+    assert value(fourth["metrics"], "DCGM_FI_DEV_GPU_UTIL", gpu="1") == 71
+
+
+def test_every_gpu_sample_carries_nvmls_pci_bus_id(steps: list[dict[str, Any]]) -> None:
+    temperature = samples(steps[0]["metrics"], "DCGM_FI_DEV_GPU_TEMP")
+    assert {labels["gpu"]: labels["pci_bus_id"] for labels, _ in temperature} == {
+        "0": "00000000:19:00.0", "1": "00000000:3B:00.0", "2": "00000000:86:00.0"}
+
+
+def test_reads_closer_than_the_minimum_interval_reuse_the_last_measurement(fake_nvml: Path, tmp_path: Path) -> None:
+    readings, _ = probe_closing([HOPPER] * 3, fake_nvml=fake_nvml, tmp_path=tmp_path, gpm_min_interval=3600)
+    assert [engine(r["metrics"]) for r in readings] == [{}, {}, {}]  # no window of milliseconds is ever measured
+    assert readings[-1]["gpmSamples"] == 8  # and no sample is taken for it either

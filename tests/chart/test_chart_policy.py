@@ -117,7 +117,7 @@ def test_the_pre_install_check_passes_a_good_policy(default_render: Rendered, tm
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     result = run_policy_check_job(default_render, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "standard input: valid GpuPolicy (2 rules, mode enforce)"
+    assert result.stdout.strip() == "standard input: valid GpuPolicy (3 rules, mode enforce)"
 
 
 def test_the_pre_install_check_fails_the_install_on_a_broken_policy_naming_the_field(tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ import pytest
 import yaml
 
 from gpuguard.contracts.scheduler_config import KubeSchedulerConfiguration, parse_scheduler_configuration
+from gpuguard.policy import mig
+from gpuguard.policy.loading import parse_policy
 from gpuguard.policy.mig import all_mig_resource_names
-from tests.chart.helm import KUBE_VERSIONS, NAMESPACE, SCENARIOS, Obj, Rendered, load_values, render
+from tests.chart.helm import CHART, KUBE_VERSIONS, NAMESPACE, SCENARIOS, Obj, Rendered, load_values, render
 
 WITH_SCHEDULER = [(), *((s,) for s in SCENARIOS)]
 IDS = ["defaults", *SCENARIOS]
@@ -57,10 +59,24 @@ def test_the_extender_is_called_on_the_loopback_port_it_listens_on(default_rende
 
 def test_managed_resources_are_the_whole_gpu_and_every_mig_resource_of_the_catalog(default_render: Rendered) -> None:
     (extender,) = configuration(default_render).extenders
-    expected = ("nvidia.com/gpu", *all_mig_resource_names())
-    assert extender.managed_resource_names == expected
-    assert tuple(load_values()["scheduler"]["extender"]["managedResources"]) == expected, (
-        "values.yaml's list is out of sync with gpuguard.policy.mig: regenerate it from all_mig_resource_names()")
+    names = extender.managed_resource_names
+    assert names[: len(load_values()["scheduler"]["extender"]["managedResources"])] == ("nvidia.com/gpu",)
+    missing = set(all_mig_resource_names()) - set(names)
+    assert not missing, f"the chart's managedResources lack catalog MIG resources: {sorted(missing)}"
+    assert sorted(names) == sorted({"nvidia.com/gpu", *all_mig_resource_names()})
+
+
+def test_managed_resources_follow_the_catalog_file_the_chart_ships() -> None:
+    shipped = CHART / "files" / "mig-catalog.yaml"
+    assert shipped.read_text() == mig.catalog_text(), "the chart must read the package's own catalog file"
+
+
+def test_mig_models_the_policy_adds_are_managed_too() -> None:
+    rendered = render(("custom-policy-values.yaml",))
+    policy = parse_policy(rendered.get("ConfigMap", "gpuguard-policy")["data"]["policy.yaml"])
+    added = set(policy.catalog.resource_names) - set(all_mig_resource_names())
+    assert added == {"nvidia.com/mig-1g.25gb", "nvidia.com/mig-7g.200gb"}
+    assert added <= set(configuration(rendered).extenders[0].managed_resource_names)
 
 
 def test_a_policy_that_renames_time_sliced_gpus_adds_the_shared_resource() -> None:

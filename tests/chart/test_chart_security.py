@@ -17,22 +17,62 @@ def containers(spec: Obj) -> list[Obj]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
+POD_RESOURCES = "/var/lib/kubelet/pod-resources"
+
+
+def reads_the_kubelet_socket(obj: Obj) -> bool:
+    return obj["kind"] == "DaemonSet" and any("hostPath" in v for v in obj["spec"]["template"]["spec"]["volumes"])
+
+
 @pytest.mark.parametrize("values", ALL, ids=IDS)
 def test_every_pod_runs_as_non_root_with_a_read_only_root_filesystem(values: tuple[str, ...]) -> None:
-    """Also what the `restricted` Pod Security Standard asks, so the namespace can enforce it."""
+    """Also what the `restricted` Pod Security Standard asks, so the namespace can enforce it; the one exception
+    is the agent while it reads the kubelet's PodResources socket (below)."""
     for obj, spec in render(values).workloads():
         where = f"{obj['kind']} {obj['metadata']['name']}"
-        assert spec["securityContext"]["runAsNonRoot"] is True, where
-        assert spec["securityContext"]["runAsUser"] != 0, where
+        if not reads_the_kubelet_socket(obj):
+            assert spec["securityContext"]["runAsNonRoot"] is True, where
+            assert spec["securityContext"]["runAsUser"] != 0, where
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
-        assert not any("hostPath" in volume for volume in spec.get("volumes", [])), where
         for container in containers(spec):
             context = container["securityContext"]
             assert context["readOnlyRootFilesystem"] is True, f"{where}/{container['name']}"
             assert context["allowPrivilegeEscalation"] is False, f"{where}/{container['name']}"
             assert context["capabilities"]["drop"] == ["ALL"], f"{where}/{container['name']}"
             assert not context.get("privileged"), f"{where}/{container['name']}"
+
+
+@pytest.mark.parametrize("values", ALL, ids=IDS)
+def test_the_only_host_path_is_the_kubelets_pod_resources_directory_mounted_read_only(values: tuple[str, ...]) -> None:
+    for obj, spec in render(values).workloads():
+        host_paths = {v["name"]: v["hostPath"] for v in spec.get("volumes", []) if "hostPath" in v}
+        if not host_paths:
+            continue
+        assert obj["metadata"]["name"] == "gpuguard-agent"
+        assert host_paths == {"pod-resources": {"path": POD_RESOURCES, "type": "Directory"}}
+        [agent] = spec["containers"]
+        [mount] = [m for m in agent["volumeMounts"] if m["name"] == "pod-resources"]
+        assert mount == {"name": "pod-resources", "mountPath": POD_RESOURCES, "readOnly": True}
+        assert f"--pod-resources-socket={POD_RESOURCES}/kubelet.sock" in agent["args"]
+        # UID 0 only to connect to the root-owned socket: no capability, no escalation, nothing else of the host.
+        assert spec["securityContext"]["runAsUser"] == 0
+        assert agent["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert "add" not in agent["securityContext"]["capabilities"]
+
+
+def test_without_pod_attribution_the_agent_is_non_root_and_mounts_nothing_of_the_host() -> None:
+    [agent] = [spec for obj, spec in render(("agent-non-root-values.yaml",)).workloads()
+               if obj["metadata"]["name"] == "gpuguard-agent"]
+    assert agent["securityContext"]["runAsNonRoot"] is True and agent["securityContext"]["runAsUser"] == 65532
+    assert not any("hostPath" in v for v in agent["volumes"])
+    assert "--pod-resources-socket=" in agent["containers"][0]["args"]
+
+
+def test_the_agents_own_security_context_still_wins() -> None:
+    sets = ("agent.podSecurityContext.runAsUser=4242", "agent.podSecurityContext.runAsNonRoot=true")
+    [agent] = [spec for obj, spec in render(sets=sets).workloads() if obj["metadata"]["name"] == "gpuguard-agent"]
+    assert (agent["securityContext"]["runAsUser"], agent["securityContext"]["runAsNonRoot"]) == (4242, True)
 
 
 def test_containers_that_write_temporary_files_get_a_writable_tmp(default_render: Rendered) -> None:

@@ -8,15 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuguard.policy.gpuindex import GpuIndex, filter_names, score_names
+from gpuguard.policy import mig
 from gpuguard.policy.gpustate import (
     GpuRequest,
     GpuSample,
-    MigGpu,
     MigSlice,
     NodeGpuState,
     NodeUtilization,
     ProductTerm,
     bind,
+    catalog_gpu,
     release,
 )
 from gpuguard.policy.scoring import filter_nodes, score_nodes
@@ -27,6 +28,9 @@ PRODUCTS = ["NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3", "Tesla-T4", ""]
 RESOURCES = ["nvidia.com/gpu", "nvidia.com/gpu.shared", "nvidia.com/mig-1g.10gb"]
 PERCENTS = st.sampled_from([0.0, 20.0, 50.0, 90.0, 95.0, 100.0])
 AGES = st.sampled_from([5.0, 119.0, 121.0, 3600.0])
+SHARINGS = st.sampled_from(["", "none", "time-slicing", "mps"])
+NOT_SHARED = frozenset({"time-slicing", "mps"})
+H100_80GB = mig.BUILTIN.products["NVIDIA-H100-80GB-HBM3"]
 
 
 @st.composite
@@ -51,11 +55,12 @@ def nodes(draw: Any, index: int) -> NodeGpuState:
         used = draw(st.none() | st.integers(0, 7))
         return NodeGpuState(name, "NVIDIA-H100-80GB-HBM3", {"nvidia.com/mig-1g.10gb": 7},
                             None if used is None else {"nvidia.com/mig-1g.10gb": used},
-                            (MigGpu(0, "GPU-0", "H100-80GB", slices),), reported=draw(utilizations(1, mig=True)))
+                            (catalog_gpu(H100_80GB, 0, "GPU-0", slices),), reported=draw(utilizations(1, mig=True)))
     resource = "nvidia.com/gpu.shared" if kind == "shared" else "nvidia.com/gpu"
     total = gpus * (4 if kind == "shared" else 1)
     return NodeGpuState(
         name, product, {resource: total}, {resource: draw(st.integers(0, total))}, physical_gpus=gpus,
+        sharing=draw(SHARINGS),
         mig_single=kind == "single", whole_gpus=tuple(f"GPU-{i}" for i in range(gpus)) if draw(st.booleans()) else (),
         reported=draw(utilizations(gpus)),
     )
@@ -78,7 +83,8 @@ def requests(draw: Any) -> GpuRequest:
                               unique_by=lambda r: r[0]))
     product = draw(st.none() | st.sampled_from(PRODUCTS[:3]))
     terms = draw(st.sampled_from([(), (ProductTerm(allowed=frozenset(PRODUCTS[:2])),)]))
-    return GpuRequest(tuple(sorted(resources)), product, terms)
+    avoid = draw(st.sampled_from([frozenset(), NOT_SHARED, frozenset({"mps"})]))
+    return GpuRequest(tuple(sorted(resources)), product, terms, avoid_sharing=avoid)
 
 
 SCHEDULINGS = st.sampled_from([
@@ -129,7 +135,8 @@ def test_the_index_stays_consistent_through_binds_and_releases(cluster: Any, mov
         elif not placing:
             index.put(release(current, request))
     fresh = list(index.states.values())
-    for request in (GpuRequest((("nvidia.com/gpu", 1),)), GpuRequest((("nvidia.com/gpu", 2),), PRODUCTS[0])):
+    for request in (GpuRequest((("nvidia.com/gpu", 1),)), GpuRequest((("nvidia.com/gpu", 2),), PRODUCTS[0]),
+                    GpuRequest((("nvidia.com/gpu", 1),), avoid_sharing=NOT_SHARED)):
         agree(request, fresh, polled, policy_with().scheduling, [s.name for s in fresh])
     index.remove(fresh[0].name)
     assert index.get(fresh[0].name) is None and len(index) == len(fresh) - 1
@@ -153,3 +160,21 @@ def test_cached_utilization_levels_follow_time_and_new_samples(
         for request in [*requests, GpuRequest((("nvidia.com/mig-1g.10gb", 1),))]:
             plain = score_nodes(request, states, utilization=board, scheduling=scheduling, now=now)
             assert score_names(request, names, index, utilization=board, scheduling=scheduling, now=now) == plain
+
+
+def test_a_whole_gpu_pod_is_refused_on_shared_nodes_as_unresolvable_by_both_paths() -> None:
+    states = [
+        NodeGpuState("exclusive", "Tesla-T4", {"nvidia.com/gpu": 4}, {}, physical_gpus=4, sharing="none"),
+        NodeGpuState("sliced", "Tesla-T4-SHARED", {"nvidia.com/gpu": 16}, {}, physical_gpus=4, sharing="time-slicing"),
+        NodeGpuState("mps", "Tesla-T4-SHARED", {"nvidia.com/gpu": 16}, {}, physical_gpus=4, sharing="mps"),
+        NodeGpuState("unlabelled", "Tesla-T4", {"nvidia.com/gpu": 4}, {}, physical_gpus=4),
+    ]
+    request = GpuRequest((("nvidia.com/gpu", 1),), avoid_sharing=NOT_SHARED)
+    kwargs: dict[str, Any] = {"utilization": {}, "scheduling": policy_with().scheduling, "now": NOW}
+    kept, refusals, _ = filter_names(request, [s.name for s in states], GpuIndex(states), **kwargs)
+    assert kept == ["exclusive", "unlabelled"]
+    assert {r.node: (r.cause, r.resolvable) for r in refusals} == {"sliced": ("sharing", False),
+                                                                  "mps": ("sharing", False)}
+    assert "shared (nvidia.com/gpu.sharing-strategy=time-slicing)" in next(r.reason for r in refusals
+                                                                          if r.node == "sliced")
+    agree(request, states, {}, policy_with().scheduling, [s.name for s in states])

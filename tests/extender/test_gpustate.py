@@ -15,8 +15,10 @@ from gpuguard.policy.gpustate import (
     ProductTerm,
     SliceRef,
     bind,
+    catalog_gpu,
+    geometry_of,
     gpu_request,
-    largest_block,
+    observed_geometry,
     product_refusal,
     release,
     MAX_GPUS_PER_NODE,
@@ -123,11 +125,21 @@ def test_product_term_combines_in_and_notin() -> None:
 @pytest.mark.parametrize(
     ("model", "counts", "gpus", "layout"),
     [
-        # H100 all-balanced: largest first at the first allowed start
+        # H100 all-balanced fits one GPU only with the 3g instance at slot 4: 1g instances cannot start at 7
         ("H100-80GB", {"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 2}, 1,
-         [[("3g.40gb", 0), ("2g.20gb", 4), ("1g.10gb", 6)], [("1g.10gb", 0)]]),
+         [[("2g.20gb", 0), ("1g.10gb", 2), ("1g.10gb", 3), ("3g.40gb", 4)]]),
+        # two all-balanced GPUs stay two all-balanced GPUs (mig-parted applies one layout to every GPU)
+        ("A100-40GB", {"3g.20gb": 2, "2g.10gb": 2, "1g.5gb": 4}, 2,
+         [[("2g.10gb", 0), ("1g.5gb", 2), ("1g.5gb", 3), ("3g.20gb", 4)]] * 2),
+        # one all-balanced GPU and one all-1g GPU: each GPU in turn takes what fits, largest first
+        ("H100-80GB", {"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 9}, 2,
+         [[("2g.20gb", 0), ("1g.10gb", 2), ("1g.10gb", 3), ("3g.40gb", 4)], [("1g.10gb", s) for s in range(7)]]),
+        ("RTX-PRO-6000", {"2g.48gb": 1, "1g.24gb": 2}, 1, [[("2g.48gb", 0), ("1g.24gb", 6), ("1g.24gb", 9)]]),
+        ("B200", {"3g.90gb": 1, "2g.45gb": 1, "1g.23gb": 2}, 1,
+         [[("2g.45gb", 0), ("1g.23gb", 2), ("1g.23gb", 3), ("3g.90gb", 4)]]),
         ("H100-80GB", {"1g.10gb": 7}, 1, [[("1g.10gb", s) for s in range(7)]]),
-        ("H100-80GB", {"1g.10gb": 8}, 2, [[("1g.10gb", s) for s in range(7)], [("1g.10gb", 0)]]),
+        ("H100-80GB", {"1g.10gb": 8}, 2, [[("1g.10gb", s) for s in range(4)]] * 2),  # an even split fits
+        ("H100-80GB", {"1g.10gb": 8}, 1, [[("1g.10gb", s) for s in range(7)], [("1g.10gb", 0)]]),  # one spills
         ("A100-40GB", {"3g.20gb": 2}, 1, [[("3g.20gb", 0), ("3g.20gb", 4)]]),
         ("A100-80GB", {"1g.20gb": 4}, 1, [[("1g.20gb", 0), ("1g.20gb", 2), ("1g.20gb", 4), ("1g.20gb", 6)]]),
         ("H200-141GB", {"7g.141gb": 2}, 2, [[("7g.141gb", 0)], [("7g.141gb", 0)]]),
@@ -144,7 +156,7 @@ def test_synthesized_layouts_use_the_catalog_start_slots(
     for gpu in result:
         for s in gpu.slices:
             profile = found.profile(s.profile)
-            assert profile is not None and s.start in profile.starts and s.size == profile.memory_slices
+            assert profile is not None and s.start in profile.starts and s.size == profile.size
 
 
 def test_an_implausible_node_is_synthesized_in_bounded_time_and_size() -> None:
@@ -167,17 +179,32 @@ def test_an_implausible_node_is_synthesized_in_bounded_time_and_size() -> None:
         ("H100-80GB", [1, 3, 5, 7], 1),
         ("H100-80GB", [0, 1, 2, 3, 4, 5, 6], 0),  # slot 7 is free, but no profile starts there
         ("A30", [3], 2),
-        ("unknown", [], 0),
+        ("RTX-PRO-6000", [], 12),
+        ("RTX-PRO-6000", [0], 6),  # a 2g instance still fits at unit 6
+        ("RTX-PRO-6000", [0, 6], 3),
     ],
 )
 def test_largest_block_follows_placement_rules(model: str, held_slots: list[int], block: int) -> None:
+    found = mig.model_named(model)
+    assert found is not None
     held = sum(1 << s for s in held_slots)
-    assert largest_block(model, held) == block
+    assert geometry_of(found).largest_block(held) == block
+
+
+def test_a_gpu_of_an_unknown_model_knows_only_its_own_placements() -> None:
+    slices = (MigSlice("1g.40gb", 0, 2), MigSlice("1g.40gb", 2, 2), MigSlice("2g.80gb", 4, 4))
+    geometry = observed_geometry(slices)
+    assert geometry.slots == 8
+    assert geometry.largest_block(0) == 4 and geometry.largest_block(0b1111_0000) == 2
+    assert MigGpu(0, "GPU-0", "", slices).geometry == geometry
+    assert observed_geometry(()).largest_block(0) == 0
 
 
 def mig_node(*gpus: list[tuple[str, int, int, bool]], used: dict[str, int] | None = None,
              name: str = "n") -> NodeGpuState:
-    rows = tuple(MigGpu(i, f"GPU-{i}", "H100-80GB", tuple(MigSlice(p, s, z, b) for p, s, z, b in g))
+    model = mig.model_named("H100-80GB")
+    assert model is not None
+    rows = tuple(catalog_gpu(model, i, f"GPU-{i}", (MigSlice(p, s, z, b) for p, s, z, b in g))
                  for i, g in enumerate(gpus))
     allocatable: dict[str, int] = {}
     for g in gpus:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -73,7 +74,8 @@ def test_a_bad_annotation_is_a_reported_problem_and_allocatable_still_counts(ann
     assert "gpuguard.io/gpu-inventory" in facts.problem
     assert facts.state.allocatable[MIG_1G] == 8
     synthesized = [[(s.profile, s.start) for s in g.slices] for g in facts.state.mig_gpus]  # on the 2 GPUs GFD counts
-    assert synthesized == [[("3g.40gb", 0), ("2g.20gb", 4), ("1g.10gb", 6)], [("1g.10gb", s) for s in range(7)]]
+    assert synthesized == [[("2g.20gb", 0), ("1g.10gb", 2), ("1g.10gb", 3), ("3g.40gb", 4)],
+                           [("1g.10gb", s) for s in range(6)]]
 
 
 def test_mig_single_strategy_is_recognised() -> None:
@@ -181,3 +183,102 @@ def test_filtering_reserves_nothing() -> None:
         assert [s.name for s in passed] == ["gpu-a100-0", "gpu-a100-1"]
     assert store.generation == generation
     assert store.state("gpu-a100-0").free_of("nvidia.com/gpu") == 4  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------- models and the catalog
+
+
+def mig_node(product: str, allocatable: dict[str, int], devices: Sequence[tuple[str, int, int, bool]] = ()) -> Any:
+    """A one-GPU MIG node; `devices` (profile, start, size, busy) become the agent's annotation when given."""
+    annotations = {}
+    if devices:
+        inventory = {"v": 1, "ts": "2026-03-02T10:00:00Z", "driver": "590.10", "gpus": [{
+            "index": 0, "uuid": "GPU-0", "product": product, "memoryMiB": 200_000, "utilPercent": None,
+            "mig": {"enabled": True, "devices": [{"profile": p, "start": s, "size": z, "uuid": f"MIG-{s}", "busy": b}
+                                                  for p, s, z, b in devices]}}]}
+        annotations["gpuguard.io/gpu-inventory"] = json.dumps(inventory)
+    return {"kind": "Node", "metadata": {"name": "n", "resourceVersion": "1", "annotations": annotations,
+                                         "labels": {"nvidia.com/gpu.product": product, "nvidia.com/gpu.count": "1"}},
+            "status": {"allocatable": {f"nvidia.com/mig-{p}": str(n) for p, n in allocatable.items()}}}
+
+
+def test_an_unknown_models_layout_is_taken_from_the_annotation_and_the_node_is_not_refused() -> None:
+    devices = [("1g.40gb", 0, 2, False), ("1g.40gb", 2, 2, True), ("2g.80gb", 4, 4, False)]
+    state = node_facts(mig_node("NVIDIA-Future-GPU", {"1g.40gb": 2, "2g.80gb": 1}, devices)).state
+    (gpu,) = state.mig_gpus
+    assert gpu.model == "" and [(s.profile, s.start, s.size, s.busy) for s in gpu.slices] == devices
+    assert gpu.slots == 8 and gpu.largest_block(0b0000_0011) == 4, "the reported placements are the geometry"
+    request = gpu_request({"spec": {"containers": [{"resources": {"limits": {"nvidia.com/mig-1g.40gb": "1"}}}]}})
+    kept, refused = filter_nodes(request, [state], utilization={}, scheduling=policy_with().scheduling, now=0.0)
+    assert [s.name for s in kept] == ["n"] and not refused
+    choice = state.mig_binpack["1g.40gb"]
+    assert gpu.slices[choice.ref.slice].start == 0, "the busy instance is held, the free one is taken"
+
+
+def test_placements_that_contradict_the_catalogs_start_slots_are_taken_as_reported() -> None:
+    devices = [("1g.24gb", 0, 6, False), ("1g.24gb", 6, 6, False)]  # a 12-unit grid, not the catalog's 2 slots
+    (gpu,) = node_facts(mig_node("NVIDIA-RTX-PRO-5000-Blackwell", {"1g.24gb": 2}, devices)).state.mig_gpus
+    assert gpu.model == "" and gpu.slots == 12
+    (fits,) = node_facts(mig_node("NVIDIA-RTX-PRO-5000-Blackwell", {"1g.24gb": 2},
+                                  [("1g.24gb", 0, 1, False), ("1g.24gb", 1, 1, False)])).state.mig_gpus
+    assert fits.model == "RTX-PRO-5000" and fits.slots == 2
+
+
+def test_a_policy_that_adds_a_model_gives_its_nodes_a_layout_at_once() -> None:
+    from gpuguard.policy.loading import parse_policy
+    from tests.conftest import DATA
+
+    policy = parse_policy((DATA / "policy-mig-models.yaml").read_text())
+    store = InventoryStore(pods_known=False)
+    store.upsert_node(mig_node("NVIDIA-Next-GPU", {"1g.25gb": 7}))
+    before = store.generation
+    assert store.state("n").mig_gpus == ()  # type: ignore[union-attr]
+    store.use_catalog(policy.catalog)
+    state = store.state("n")
+    assert state is not None and store.generation == before + 1
+    assert [[s.start for s in g.slices] for g in state.mig_gpus] == [list(range(7))]
+    assert state.mig_gpus[0].model == "NEXT-GPU"
+    store.use_catalog(policy.catalog)
+    assert store.generation == before + 1, "the same catalog again changes nothing"
+def with_mig_activity(name: str, percents: list[list[float | None]], *, rename: str = "") -> dict[str, Any]:
+    """The node with `utilPercent` on its MIG devices, GPU by GPU in device order (None: left out)."""
+    node = copy.deepcopy(cluster_node(name))
+    annotations = node["metadata"]["annotations"]
+    inventory = json.loads(annotations["gpuguard.io/gpu-inventory"])
+    for gpu, values in zip((g for g in inventory["gpus"] if g["mig"]["enabled"]), percents):
+        for device, value in zip(gpu["mig"]["devices"], values):
+            if value is not None:
+                device["utilPercent"] = value
+    annotations["gpuguard.io/gpu-inventory"] = json.dumps(inventory)
+    if rename:
+        node["metadata"]["name"] = rename
+    return node
+
+
+def test_mig_activity_in_the_annotation_becomes_each_gpus_utilization_weighted_by_compute_slices() -> None:
+    # GPU 0: 3g.40gb at 80 %, 2g.20gb at 50 %, 1g.10gb idle -> (3*80 + 2*50 + 0) / 7 compute slices.
+    state = node_facts(with_mig_activity("gpu-h100-mig-a", [[80, 50, 0], [100] + [None] * 6])).state
+    assert state.reported is not None
+    by_uuid = {s.uuid: s for s in state.reported.samples}
+    first, second = (by_uuid[g.uuid] for g in state.mig_gpus)
+    assert first.mig and first.percent == pytest.approx((3 * 80 + 2 * 50) / 7)
+    assert second.percent == pytest.approx(100 / 7)  # the others measured nothing: idle, as in Prometheus' fold
+    assert first.at == INVENTORY_TIME
+
+
+def test_an_annotation_without_mig_activity_reports_no_mig_utilization() -> None:
+    state = node_facts(cluster_node("gpu-h100-mig-a")).state
+    assert state.reported is None or not any(s.mig for s in state.reported.samples)
+
+
+def test_the_extender_prefers_the_mig_node_whose_agent_reports_it_idle_when_prometheus_has_nothing() -> None:
+    from gpuguard.policy.scoring import score_nodes
+
+    busy = node_facts(with_mig_activity("gpu-h100-mig-a", [[100, 100, 100], [100] * 7], rename="busy")).state
+    idle = node_facts(with_mig_activity("gpu-h100-mig-a", [[0, 0, 0], [0] * 7], rename="idle")).state
+    request = gpu_request({"spec": {"containers": [{"name": "m", "resources": {"limits": {MIG_1G: "1"}}}]}})
+    scheduling = policy_with().scheduling
+    scores = score_nodes(request, [busy, idle], utilization={}, scheduling=scheduling, now=INVENTORY_TIME + 5)
+    assert scores[1] > scores[0]
+    stale = score_nodes(request, [busy, idle], utilization={}, scheduling=scheduling, now=INVENTORY_TIME + 3600)
+    assert stale[0] == stale[1]  # too old to trust: both neutral

@@ -9,14 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpuguard.policy import mig
 from gpuguard.policy.gpustate import (
     GpuRequest,
     GpuSample,
-    MigGpu,
     MigSlice,
     NodeGpuState,
     NodeUtilization,
     bind,
+    catalog_gpu,
 )
 from gpuguard.policy.model import Scheduling
 from gpuguard.policy.scoring import (
@@ -33,6 +34,7 @@ A100, H100 = "NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"
 GPU = "nvidia.com/gpu"
 MIG_1G = "nvidia.com/mig-1g.10gb"
 DEFAULT = policy_with().scheduling
+H100_80GB = mig.BUILTIN.products["NVIDIA-H100-80GB-HBM3"]
 
 
 def whole(name: str, *, free: int, total: int = 8, product: str = A100) -> NodeGpuState:
@@ -117,8 +119,8 @@ def test_the_agent_annotation_stands_in_when_prometheus_has_nothing_fresh() -> N
 
 
 def test_mig_nodes_are_judged_by_the_gpus_holding_a_free_instance() -> None:
-    gpus = (MigGpu(0, "GPU-0", "H100-80GB", (MigSlice("1g.10gb", 0, 1),)),
-            MigGpu(1, "GPU-1", "H100-80GB", (MigSlice("3g.40gb", 0, 4),)))
+    gpus = (catalog_gpu(H100_80GB, 0, "GPU-0", (MigSlice("1g.10gb", 0, 1),)),
+            catalog_gpu(H100_80GB, 1, "GPU-1", (MigSlice("3g.40gb", 0, 4),)))
     node = NodeGpuState("n", H100, {MIG_1G: 1, "nvidia.com/mig-3g.40gb": 1}, {}, gpus)
     busy_where_1g_is = util(99, 0, mig=True)
     assert "idlest 99%" in refusals(wants(MIG_1G), [node], {"n": busy_where_1g_is})["n"][0]
@@ -153,8 +155,8 @@ def test_nodes_equal_but_for_free_slots_score_differently() -> None:
 
 
 def test_mig_nodes_equal_but_for_free_slots_score_differently() -> None:
-    partly_used = MigGpu(0, "GPU-0", "H100-80GB", tuple(MigSlice("1g.10gb", s, 1, s < 3) for s in range(7)))
-    untouched = MigGpu(0, "GPU-1", "H100-80GB", tuple(MigSlice("1g.10gb", s, 1) for s in range(7)))
+    partly_used = catalog_gpu(H100_80GB, 0, "GPU-0", tuple(MigSlice("1g.10gb", s, 1, s < 3) for s in range(7)))
+    untouched = catalog_gpu(H100_80GB, 0, "GPU-1", tuple(MigSlice("1g.10gb", s, 1) for s in range(7)))
     a = NodeGpuState("a", H100, {MIG_1G: 7}, None, (partly_used,))
     b = NodeGpuState("b", H100, {MIG_1G: 7}, None, (untouched,))
     found = scores(wants(MIG_1G), [a, b])

@@ -48,7 +48,7 @@ policies = st.sampled_from(sorted(POLICIES)).map(POLICIES.__getitem__)
 
 # The subtrees of a pod that /mutate may touch; the first group is `{model container index}`.
 ALLOWED_PATHS = ("/spec/containers/{model}/resources", "/spec/tolerations", "/spec/nodeSelector",
-                 "/spec/schedulerName", "/metadata/annotations")
+                 "/spec/schedulerName", "/spec/affinity", "/metadata/annotations")
 
 
 def decide(body: bytes, policy: Policy, *, pod_view: bool) -> Any:

@@ -52,9 +52,11 @@ def test_each_pod_lands_where_policy_and_fit_send_it(demo: DemoResult) -> None:
     trips = by_name(demo)
     assert trips["llama3-8b"].node == "h100-mig-b", "the llm rule pins H100; the last whole GPU there fits best"
     assert trips["llama3-8b"].rule == "llm"
-    assert {trips["sklearn-iris"].node, trips["xgboost-fraud"].node} <= {"h100-mig-a", "h100-mig-b"}
-    assert trips["sklearn-iris"].node == trips["xgboost-fraud"].node, "MIG slices pack onto one node"
-    assert "nvidia.com/mig-1g.10gb: 1" in trips["sklearn-iris"].changes
+    assert {trips["distilbert-sst2"].node, trips["yolo-detect"].node} <= {"h100-mig-a", "h100-mig-b"}
+    assert trips["distilbert-sst2"].node == trips["yolo-detect"].node, "MIG slices pack onto one node"
+    assert "nvidia.com/mig-1g.10gb: 1" in trips["distilbert-sst2"].changes
+    assert trips["distilbert-sst2"].rule == "small-models-on-mig"
+    assert "node affinity nvidia.com/gpu.sharing-strategy NotIn time-slicing,mps" in trips["triton-resnet50"].changes
     assert trips["bert-dev"].node == "t4-shared"
     assert "nodeSelector nvidia.com/gpu.sharing-strategy=time-slicing" in trips["bert-dev"].changes
 
@@ -66,8 +68,15 @@ def test_the_bad_request_is_denied_with_its_fix(demo: DemoResult) -> None:
     assert "Fix:" in trip.denied
 
 
+def test_a_cpu_only_server_gets_no_gpu_and_lands_on_a_cpu_node(demo: DemoResult) -> None:
+    trip = by_name(demo)["sklearn-iris"]
+    assert trip.rule == "cpu-only-servers"
+    assert trip.changes == []
+    assert trip.node == "cpu-1"
+
+
 def test_nodes_without_the_resource_are_refused_with_a_reason(demo: DemoResult) -> None:
-    refused = by_name(demo)["sklearn-iris"].refused
+    refused = by_name(demo)["distilbert-sst2"].refused
     assert set(refused) == {"a100-a", "a100-b", "t4-shared"}
     assert all("1g.10gb" in reason for reason in refused.values())
 

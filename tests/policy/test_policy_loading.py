@@ -22,8 +22,11 @@ def test_the_documented_example_loads_and_means_what_its_comments_say() -> None:
     assert namespace_mode_and_limits(policy, "models")[0] == "enforce"
     assert policy.defaults.gpu.count == 1
     assert policy.defaults.scheduler_name == "gpuguard-scheduler"
-    assert [r.name for r in policy.rules] == ["llm", "small-models-on-mig"]
-    assert policy.rules[1].gpu is not None and policy.rules[1].gpu.mig_profile == "1g.10gb"
+    assert [r.name for r in policy.rules] == ["llm", "cpu-only-servers", "small-models-on-mig"]
+    assert policy.rules[1].gpu is not None and policy.rules[1].gpu.count == 0
+    assert policy.rules[1].match.runtimes == ("sklearn", "lightgbm", "pmml", "xgboost")
+    assert policy.rules[2].gpu is not None and policy.rules[2].gpu.mig_profile == "1g.10gb"
+    assert policy.rules[2].match.labels == {"gpuguard.io/model-size": "small"}
     assert policy.limits.max_gpus_per_pod == 4
     assert policy.scheduling.metrics_max_age == 120.0
     assert policy.time_slicing.nodes[0].replicas == 4

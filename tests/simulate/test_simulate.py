@@ -76,4 +76,4 @@ def test_a_cluster_too_small_for_every_node_kind_is_refused() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 2
-    assert "--nodes must be at least 4" in result.stderr
+    assert "--nodes must be at least 5" in result.stderr

@@ -30,7 +30,9 @@ GPU_RESOURCES = (
     WHOLE_GPU, WHOLE_GPU, WHOLE_GPU, "nvidia.com/gpu.shared", "nvidia.com/mig-1g.10gb", "nvidia.com/mig-2g.20gb",
     "nvidia.com/mig-3g.40gb", "nvidia.com/mig-7g.80gb", "nvidia.com/mig-1g.5gb", "nvidia.com/mig-1g.18gb",
     "nvidia.com/mig-3g.71gb", "nvidia.com/mig-9g.99gb", "nvidia.com/mig-1g.10gb.me", "amd.com/gpu",
+    "intel.com/gpu", "habana.ai/gaudi", "nvidia.com/mig-1g.10gb.shared",
 )
+VISIBLE_DEVICES = ("all", "0,1", "GPU-5a1b2c3d-0000-1111-2222-333344445555", "none", "void", "")
 WHOLE_QUANTITIES = ("1", "2", "4", "8", "0", "1000m", "2000m", "1e0", "10e-1", "+1", "01", "1.0", "1.", "0.1e1")
 FRACTIONAL_QUANTITIES = ("0.5", "500m", "1.5", "250m", "0.1", "1e-1", ".5", "1500m", "0.25", "999m", "1001m")
 ODD_QUANTITIES = ("-1", "1Ki", "1k", "5", "16", "1e3", "1E1", "1M")
@@ -146,6 +148,16 @@ def sidecar(draw: st.DrawFn, name: str, *, gpu: bool | None = False, fractional:
 
 
 @st.composite
+def native_sidecar(draw: st.DrawFn) -> Json:
+    """An init container with `restartPolicy: Always` (runs beside the app containers since Kubernetes 1.28)."""
+    container: Json = {"name": "embedder", "image": "ghcr.io/acme/embedder:1.0", "restartPolicy": "Always",
+                       "resources": draw(resources(gpu=draw(st.booleans())))}
+    if draw(st.integers(0, 4)) == 0:
+        container["securityContext"] = {"privileged": True}
+    return container
+
+
+@st.composite
 def tolerations(draw: st.DrawFn) -> list[Json]:
     choices = (
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
@@ -220,6 +232,17 @@ def predictor_pods(draw: st.DrawFn, *, realistic: bool = True, in_scope: bool | 
     if bad_one == "init" or draw(st.booleans()):
         spec["initContainers"] = [draw(sidecar("storage-initializer", gpu=True if bad_one == "init" else False,
                                                fractional=bad_one == "init"))]
+    if draw(st.integers(0, 4)) == 0:
+        spec.setdefault("initContainers", []).append(draw(native_sidecar()))
+    if draw(st.integers(0, 9)) == 0:
+        target = draw(st.sampled_from(containers))
+        target["env"] = [*target.get("env", []),
+                         {"name": "NVIDIA_VISIBLE_DEVICES", "value": draw(st.sampled_from(VISIBLE_DEVICES))}]
+    if not realistic and draw(st.integers(0, 9)) == 0:
+        spec["resourceClaims"] = [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"}]
+        target = draw(st.sampled_from(containers))
+        if isinstance(target.get("resources"), dict):
+            target["resources"]["claims"] = [{"name": "gpu"}]
     if draw(st.booleans()):
         spec["tolerations"] = draw(tolerations())
     if draw(st.booleans()):
@@ -229,6 +252,16 @@ def predictor_pods(draw: st.DrawFn, *, realistic: bool = True, in_scope: bool | 
         spec["schedulerName"] = scheduler
     metadata: Json = {"generateName": f"{isvc}-predictor-00001-deployment-7d9f8c6b5d-", "labels": labels}
     pod_annotations = draw(annotations())
+    channel = draw(st.integers(0, 14))
+    if channel == 0:  # KAI-Scheduler's fractional GPU
+        pod_annotations["gpu-fraction"] = draw(st.sampled_from(("0.5", "0.25", "1", "1.5", "x")))
+        labels["kai.scheduler/queue"] = "team-a"
+    elif channel == 1:  # HAMi's vGPU modifiers on the model container
+        model = next((c for c in containers if c["name"] == MODEL_CONTAINER), containers[0])
+        resources = model.setdefault("resources", {})
+        if isinstance(resources, dict):
+            resources.setdefault("limits", {})["nvidia.com/gpumem"] = "10240"
+            spec["schedulerName"] = "hami-scheduler"
     if pod_annotations or draw(st.booleans()):
         metadata["annotations"] = pod_annotations
     if draw(st.booleans()):

@@ -20,6 +20,7 @@ IN_SCOPE = [
     "review-standard-vllm.json",
     "review-standard-huggingface.json",
     "review-knative-sklearn.json",
+    "review-knative-small-model.json",
     "review-standard-custom.json",
     "review-standard-explicit-gpu.json",
     "review-knative-fractional-gpu.json",
@@ -101,11 +102,24 @@ def test_triton_predictor_gets_a_whole_gpu_tolerations_selector_and_scheduler(po
     assert pod["metadata"]["annotations"]["gpuguard.io/applied"] == "defaults"
 
 
-def test_sklearn_gets_a_mig_slice_instead_of_a_whole_gpu(policy: Policy) -> None:
-    pod = mutated_pod("review-knative-sklearn.json", policy)
+def test_a_model_its_owners_mark_small_gets_a_mig_slice_instead_of_a_whole_gpu(policy: Policy) -> None:
+    pod = mutated_pod("review-knative-small-model.json", policy)
     assert gpu_keys(container(pod, "kserve-container")) == {"nvidia.com/mig-1g.10gb"}
     assert container(pod, "kserve-container")["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"
     assert pod["metadata"]["annotations"]["gpuguard.io/applied"] == "small-models-on-mig"
+    assert "affinity" not in pod["spec"], "only whole GPUs need the not-shared node affinity"
+
+
+@pytest.mark.parametrize("name", ["review-knative-sklearn.json", "review-v1beta1-sklearn.json"])
+def test_cpu_only_model_servers_get_no_gpu_and_no_gpu_placement(name: str, policy: Policy) -> None:
+    request = admission_request(name)
+    pod = patched(request, mutate(request, policy).response)
+    assert request.object is not None
+    assert gpu_keys(container(pod, "kserve-container")) == set()
+    assert pod["spec"].get("tolerations") == request.object["spec"].get("tolerations")
+    assert "nodeSelector" not in pod["spec"] and "affinity" not in pod["spec"]
+    assert pod["spec"].get("schedulerName") == request.object["spec"].get("schedulerName")
+    assert pod["metadata"]["annotations"]["gpuguard.io/applied"] == "cpu-only-servers"
 
 
 def test_vllm_in_an_llm_namespace_follows_the_llm_rule(policy: Policy) -> None:
@@ -179,10 +193,41 @@ def test_triton_gets_prometheus_io_annotations_when_kserve_scraping_is_off(polic
 
 
 def test_triton_gets_kserve_annotations_with_its_metrics_port_when_kserve_scrapes(policy: Policy) -> None:
-    annotations = mutated_pod("review-knative-triton-kserve-scraping.json", policy)["metadata"]["annotations"]
+    request = admission_request("review-knative-triton-kserve-scraping.json")
+    outcome = mutate(request, policy)
+    annotations = patched(request, outcome.response)["metadata"]["annotations"]
     assert annotations["prometheus.kserve.io/port"] == "8092", "from --metrics-port=8092 in Triton's args"
     assert annotations["prometheus.kserve.io/path"] == "/metrics"
     assert "prometheus.io/port" not in annotations, "KServe owns prometheus.io/* in scraping mode"
+    assert annotations["serving.kserve.io/enable-metric-aggregation"] == "false", "never overridden: it needs qpext"
+    assert any("set serving.kserve.io/enable-metric-aggregation: \"true\"" in w for w in outcome.response.warnings or ())
+
+
+def test_knative_triton_with_kserve_aggregation_is_scraped_through_queue_proxy(policy: Policy) -> None:
+    request = admission_request("review-knative-triton-kserve-scraping.json")
+    pod = copy.deepcopy(request.object)
+    assert pod is not None
+    pod["metadata"]["annotations"]["serving.kserve.io/enable-metric-aggregation"] = "true"
+    outcome = mutate(with_object(request, pod), policy)
+    annotations = patched(with_object(request, pod), outcome.response)["metadata"]["annotations"]
+    assert annotations["prometheus.kserve.io/port"] == "8092", "queue-proxy's aggregator scrapes Triton here"
+    assert annotations["prometheus.io/scrape"] == "true", "KServe sets port and path, never scrape"
+    assert "prometheus.io/port" not in annotations
+    assert not [w for w in outcome.response.warnings or () if "not scraped" in w]
+
+
+def test_standard_mode_triton_under_kserve_scraping_is_told_it_will_not_be_scraped(policy: Policy) -> None:
+    request = admission_request("review-standard-vllm.json")
+    pod = copy.deepcopy(request.object)
+    assert pod is not None
+    model = pod["spec"]["containers"][0]
+    model.update({"image": "nvcr.io/nvidia/tritonserver:24.08-py3", "command": ["tritonserver"],
+                  "args": ["--model-store=/mnt/models"]})
+    pod["metadata"].setdefault("annotations", {})["serving.kserve.io/enable-prometheus-scraping"] = "true"
+    outcome = mutate(with_object(request, pod), policy)
+    annotations = patched(with_object(request, pod), outcome.response)["metadata"]["annotations"]
+    assert annotations["prometheus.kserve.io/port"] == "8002"
+    assert any("in Standard mode" in w and "not scraped" in w for w in outcome.response.warnings or ())
 
 
 def test_triton_with_metrics_disabled_gets_no_annotations_and_a_warning(policy: Policy) -> None:
@@ -310,3 +355,22 @@ def test_the_single_container_that_already_asks_for_a_gpu_is_the_model_container
     result = admit_changed(request, pod, policy)
     assert result["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert result["spec"]["schedulerName"] == "gpuguard-scheduler"
+
+
+def test_bad_override_annotations_are_warned_about_at_mutation_too(policy: Policy) -> None:
+    request = admission_request("review-standard-custom.json")
+    pod = copy.deepcopy(request.object)
+    assert pod is not None
+    pod["metadata"]["annotations"].update({"gpuguard.io/gpu-count": "two"})
+    outcome = mutate(with_object(request, pod), policy)
+    assert any("ignored: annotation gpuguard.io/gpu-count" in w and "'two'" in w for w in outcome.response.warnings or ())
+
+
+def test_a_misspelt_gpuguard_annotation_is_warned_about_with_the_likely_key(policy: Policy) -> None:
+    request = admission_request("review-standard-custom.json")
+    pod = copy.deepcopy(request.object)
+    assert pod is not None
+    pod["metadata"]["annotations"]["gpuguard.io/gpu-cout"] = "2"
+    outcome = mutate(with_object(request, pod), policy)
+    assert any("'gpuguard.io/gpu-cout' is not one gpuguard reads" in w and "did you mean gpuguard.io/gpu-count?" in w
+               for w in outcome.response.warnings or ())

@@ -25,7 +25,7 @@ def test_mutate_prints_every_object_as_admitted_with_what_changed() -> None:
     result = gpuguard("mutate", "-f", str(EXAMPLES))
     assert result.returncode == 0, result.stderr
     documents = [d for d in yaml.safe_load_all(result.stdout) if d]
-    assert [d["kind"] for d in documents] == ["InferenceService"] * 4 + ["Pod"]
+    assert [d["kind"] for d in documents] == ["InferenceService"] * 5 + ["Pod"]
     pod = documents[-1]
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["spec"]["schedulerName"] == "gpuguard-scheduler"
@@ -47,7 +47,7 @@ def test_validate_exits_0_when_everything_is_fine_and_reads_stdin() -> None:
     good = EXAMPLES.read_text().split("# A bad request")[0]
     result = gpuguard("validate", "-f", "-", stdin=good)
     assert result.returncode == 0, result.stdout
-    assert result.stdout.count("ok ") == 3
+    assert result.stdout.count("ok ") == 4
 
 
 def test_validate_uses_the_given_policy(tmp_path: Path) -> None:

@@ -85,7 +85,8 @@ def decoded_patch(reply: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     ("name", "version"),
-    [("review-knative-sklearn.json", "admission.k8s.io/v1"), ("review-v1beta1-sklearn.json", "admission.k8s.io/v1beta1")],
+    [("review-knative-small-model.json", "admission.k8s.io/v1"),
+     ("review-v1beta1-sklearn.json", "admission.k8s.io/v1beta1")],
 )
 async def test_mutate_answers_in_the_request_version_with_its_uid(server: Server, name: str, version: str) -> None:
     body = review_body(name)
@@ -96,9 +97,11 @@ async def test_mutate_answers_in_the_request_version_with_its_uid(server: Server
     assert reply["response"]["uid"] == json.loads(body)["request"]["uid"]
     assert reply["response"]["allowed"] is True
     assert reply["response"]["patchType"] == "JSONPatch"
-    assert {"op": "add", "path": "/spec/containers/0/resources/limits/nvidia.com~1mig-1g.10gb", "value": "1"} in (
-        decoded_patch(reply)
-    )
+    ops = decoded_patch(reply)
+    if "sklearn" in name:  # a CPU-only server: no GPU, only the record of the rule
+        assert ops == [{"op": "add", "path": "/metadata/annotations/gpuguard.io~1applied", "value": "cpu-only-servers"}]
+    else:
+        assert {"op": "add", "path": "/spec/containers/0/resources/limits/nvidia.com~1mig-1g.10gb", "value": "1"} in ops
 
 
 async def test_validate_denies_with_a_403_status_message(server: Server) -> None:
@@ -164,7 +167,7 @@ async def test_probes_answer(server: Server) -> None:
 
 
 async def test_admissions_are_counted_by_decision_and_rule_and_timed(server: Server) -> None:
-    await server.post("/mutate", review_body("review-knative-sklearn.json"))
+    await server.post("/mutate", review_body("review-knative-small-model.json"))
     await server.post("/validate", review_body("review-isvc-fractional-gpu.json"))
     assert server.metric(
         "gpuguard_webhook_admissions_total", endpoint="mutate", operation="CREATE", kind="Pod", decision="patched",
@@ -187,7 +190,7 @@ async def test_an_internal_error_is_answered_per_the_failure_mode_not_crashed(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(module, name, broken)
-    body = review_body("review-knative-sklearn.json")
+    body = review_body("review-knative-small-model.json")
     status, reply = await server.post(path, body)
     assert status == 200
     assert reply["response"]["allowed"] is True
@@ -206,7 +209,7 @@ async def test_a_changed_policy_file_is_applied_without_restart(server: Server) 
     text = server.policy_file.read_text().replace("migProfile: 1g.10gb", "migProfile: 2g.20gb")
     server.policy_file.write_text(text)
     await wait_for(lambda: server.policy.generation == 2)
-    _, reply = await server.post("/mutate", review_body("review-knative-sklearn.json"))
+    _, reply = await server.post("/mutate", review_body("review-knative-small-model.json"))
     paths = [op["path"] for op in decoded_patch(reply)]
     assert "/spec/containers/0/resources/limits/nvidia.com~1mig-2g.20gb" in paths
     assert server.metric("gpuguard_policy_reloads_total", result="success") == 1
@@ -217,7 +220,7 @@ async def test_a_changed_policy_file_is_applied_without_restart(server: Server) 
 async def test_a_broken_policy_update_is_refused_and_the_last_good_policy_stays(server: Server, broken: str) -> None:
     server.policy_file.write_text(broken)
     await wait_for(lambda: server.metric("gpuguard_policy_reloads_total", result="error") >= 1)
-    _, reply = await server.post("/mutate", review_body("review-knative-sklearn.json"))
+    _, reply = await server.post("/mutate", review_body("review-knative-small-model.json"))
     assert "/spec/containers/0/resources/limits/nvidia.com~1mig-1g.10gb" in [op["path"] for op in decoded_patch(reply)]
     assert server.policy.generation == 1
     assert server.metric("gpuguard_policy_last_reload_failed") == 1
@@ -226,7 +229,7 @@ async def test_a_broken_policy_update_is_refused_and_the_last_good_policy_stays(
 async def test_a_deleted_policy_file_keeps_the_last_good_policy(server: Server) -> None:
     server.policy_file.unlink()
     await wait_for(lambda: server.metric("gpuguard_policy_reloads_total", result="error") >= 1)
-    status, _ = await server.post("/mutate", review_body("review-knative-sklearn.json"))
+    status, _ = await server.post("/mutate", review_body("review-knative-small-model.json"))
     assert status == 200
     assert server.policy.generation == 1
 
@@ -302,7 +305,7 @@ def test_self_signed_files_are_reused_so_the_ca_bundle_survives_restarts(tls_dir
 
 
 async def test_repeated_pods_get_their_own_uid_and_the_same_patch(server: Server) -> None:
-    review = json.loads(review_body("review-knative-sklearn.json"))
+    review = json.loads(review_body("review-knative-small-model.json"))
     replies = []
     for uid in ("first-uid", "second-uid", "third-uid"):
         review["request"]["uid"] = uid

@@ -41,7 +41,7 @@ VIOLATIONS = [
     pytest.param({"limits": {"nvidia.com/gpu": "2"}, "requests": {"nvidia.com/gpu": "1"}}, None, None,
                  ["request '1' differs from its limit '2'", "make the request equal"], id="request-differs"),
     pytest.param({"limits": {"nvidia.com/gpu": "6"}}, None, None,
-                 ["6 whole GPUs", "limit is 4", "at most 4"], id="too-many"),
+                 ["6 GPUs in all (6 nvidia.com/gpu)", "limit is 4", "at most 4"], id="too-many"),
     pytest.param({"limits": {"nvidia.com/mig-1g.5gb": "1"}}, None, None,
                  ["'1g.5gb'", "not allowed", "nvidia.com/mig-1g.10gb"], id="mig-not-allowed"),
     pytest.param({"limits": {"nvidia.com/mig-1g.11gb": "1"}}, None, None,

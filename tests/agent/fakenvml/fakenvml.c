@@ -18,6 +18,11 @@
  *              "migMode": 1, "maxMigDevices": 7,
  *              "migDevices": [{"uuid": "MIG-...", "giId": 1, "profileId": 19, "start": 0, "memoryMiB": 9984,
  *                              "memoryUsedMiB": 10, "processes": 0, "fail": {...}}]}]}
+ * GPUs may add "pciBusId": "00000000:19:00.0" and "gpm": {"graphicsUtil": 42.5, "smUtil": 30} (percent, what GPM
+ * measures over the interval ending at the next sample; a GPU with a "gpm" object supports GPM); MIG devices may add
+ * "gpm" too, read by nvmlGpmMigSampleGet through their GPU instance id. nvmlGpmMetricsGet refuses two samples of
+ * different devices, or a second sample not taken after the first; a metric missing from "gpm" answers
+ * NOT_SUPPORTED in its own slot. fakeNvmlLiveGpmSamples() (not NVML) counts samples allocated and not yet freed.
  * A key that is absent makes its getter answer NVML_ERROR_NOT_SUPPORTED, as a GPU without that sensor would.
  * "fail" maps an NVML function name to the error it returns; "lost": true makes every call on that GPU answer
  * NVML_ERROR_GPU_IS_LOST, as when a GPU falls off the bus.
@@ -598,5 +603,174 @@ nvmlReturn_t nvmlDeviceGetGpuInstanceProfileInfoV(nvmlDevice_t device, unsigned 
     info->instanceCount = entry->max_count;
     info->multiprocessorCount = entry->slices * 16;
     info->memorySizeMB = (unsigned long long)(total * entry->memory_slices / 8);
+    return NVML_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- PCI */
+
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+
+nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
+    const jnode *gpu, *mig;
+    nvmlReturn_t ret = enter("nvmlDeviceGetPciInfo", device, &gpu, &mig);
+    if (ret) return ret;
+    const char *bus_id = jstr(gpu, "pciBusId", NULL);
+    if (mig || !bus_id) return NVML_ERROR_NOT_SUPPORTED;
+    memset(pci, 0, sizeof *pci);
+    snprintf(pci->busId, sizeof pci->busId, "%s", bus_id);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%s", bus_id + (strlen(bus_id) > 12 ? 4 : 0));
+    unsigned domain = 0, bus = 0, dev = 0;
+    sscanf(bus_id, "%x:%x:%x", &domain, &bus, &dev);
+    pci->domain = domain;
+    pci->bus = bus;
+    pci->device = dev;
+    pci->pciDeviceId = 0x233010de; /* H100 SXM5 */
+    return NVML_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- GPM, as in nvml.h */
+
+#define NVML_GPM_METRICS_GET_VERSION 1
+#define NVML_GPM_SUPPORT_VERSION 1
+#define NVML_GPM_METRIC_GRAPHICS_UTIL 1
+#define NVML_GPM_METRIC_SM_UTIL 2
+#define GPM_METRIC_MAX 477 /* pynvml's NVML_GPM_METRIC_MAX: the size of the metrics array it passes */
+
+typedef struct nvmlGpmSample_st {
+    unsigned magic;
+    int gpu, gi; /* gi < 0: the whole GPU */
+    unsigned long long seq; /* 0: never filled */
+    int has[2];
+    double value[2]; /* graphicsUtil, smUtil */
+} *nvmlGpmSample_t;
+#define SAMPLE_MAGIC 0x67706d31u
+
+typedef struct { char *shortName, *longName, *unit; } metric_info_t;
+typedef struct {
+    unsigned int metricId;
+    nvmlReturn_t nvmlReturn;
+    double value;
+    metric_info_t metricInfo;
+} nvmlGpmMetric_t;
+typedef struct {
+    unsigned int version, numMetrics;
+    nvmlGpmSample_t sample1, sample2;
+    nvmlGpmMetric_t metrics[GPM_METRIC_MAX];
+} nvmlGpmMetricsGet_t;
+typedef struct { unsigned int version, isSupportedDevice; } nvmlGpmSupport_t;
+
+static pthread_mutex_t gpm_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long long gpm_seq;
+static int live_samples;
+
+int fakeNvmlLiveGpmSamples(void) { return live_samples; }
+
+nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t device, nvmlGpmSupport_t *support) {
+    const jnode *gpu, *mig;
+    nvmlReturn_t ret = enter("nvmlGpmQueryDeviceSupport", device, &gpu, &mig);
+    if (ret) return ret;
+    if (!support) return NVML_ERROR_INVALID_ARGUMENT;
+    if (support->version != NVML_GPM_SUPPORT_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    const jnode *gpm = jget(gpu, "gpm");
+    support->isSupportedDevice = !mig && gpm && gpm->type == J_OBJ;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *sample) {
+    if (!config) return NVML_ERROR_UNINITIALIZED;
+    if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+    *sample = calloc(1, sizeof **sample);
+    (*sample)->magic = SAMPLE_MAGIC;
+    pthread_mutex_lock(&gpm_lock);
+    live_samples++;
+    pthread_mutex_unlock(&gpm_lock);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample) {
+    if (!sample || sample->magic != SAMPLE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    sample->magic = 0;
+    free(sample);
+    pthread_mutex_lock(&gpm_lock);
+    live_samples--;
+    pthread_mutex_unlock(&gpm_lock);
+    return NVML_SUCCESS;
+}
+
+static void fill_sample(nvmlGpmSample_t sample, int gpu, int gi, const jnode *gpm) {
+    static const char *keys[2] = {"graphicsUtil", "smUtil"};
+    sample->gpu = gpu;
+    sample->gi = gi;
+    for (int i = 0; i < 2; i++) sample->has[i] = jnum(gpm, keys[i], &sample->value[i]);
+    pthread_mutex_lock(&gpm_lock);
+    sample->seq = ++gpm_seq;
+    pthread_mutex_unlock(&gpm_lock);
+}
+
+nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t sample) {
+    const jnode *gpu, *mig;
+    nvmlReturn_t ret = enter("nvmlGpmSampleGet", device, &gpu, &mig);
+    if (ret) return ret;
+    if (!sample || sample->magic != SAMPLE_MAGIC) return NVML_ERROR_INVALID_ARGUMENT;
+    double mode = 0;
+    jnum(gpu, "migMode", &mode);
+    if (mig || mode || !jget(gpu, "gpm")) return NVML_ERROR_NOT_SUPPORTED; /* MIG: per GPU instance only */
+    fill_sample(sample, device->gpu, -1, jget(gpu, "gpm"));
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t device, unsigned int gpuInstanceId, nvmlGpmSample_t sample) {
+    const jnode *gpu, *mig;
+    nvmlReturn_t ret = enter("nvmlGpmMigSampleGet", device, &gpu, &mig);
+    if (ret) return ret;
+    if (!sample || sample->magic != SAMPLE_MAGIC || mig) return NVML_ERROR_INVALID_ARGUMENT;
+    double mode = 0;
+    jnum(gpu, "migMode", &mode);
+    if (!mode || !jget(gpu, "gpm")) return NVML_ERROR_NOT_SUPPORTED;
+    const jnode *devices = jget(gpu, "migDevices");
+    for (unsigned i = 0; i < jlen(devices) && i < MAX_MIG; i++) {
+        double gi;
+        const jnode *instance = jitem(devices, i);
+        if (jnum(instance, "giId", &gi) && (unsigned)gi == gpuInstanceId) {
+            nvmlReturn_t failure = injected(instance, "nvmlGpmMigSampleGet");
+            if (failure) return failure;
+            fill_sample(sample, device->gpu, (int)gpuInstanceId, jget(instance, "gpm"));
+            return NVML_SUCCESS;
+        }
+    }
+    return NVML_ERROR_NOT_FOUND;
+}
+
+nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *request) {
+    static char *names[2][3] = {{"GRACT", "Graphics activity", "%"}, {"SMACT", "SM activity", "%"}};
+    if (!config) return NVML_ERROR_UNINITIALIZED;
+    if (!request) return NVML_ERROR_INVALID_ARGUMENT;
+    if (request->version != NVML_GPM_METRICS_GET_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    nvmlReturn_t failure = injected(config, "nvmlGpmMetricsGet");
+    if (failure) return failure;
+    nvmlGpmSample_t first = request->sample1, second = request->sample2;
+    if (!first || !second || first->magic != SAMPLE_MAGIC || second->magic != SAMPLE_MAGIC ||
+        request->numMetrics > GPM_METRIC_MAX)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (!first->seq || first->gpu != second->gpu || first->gi != second->gi || second->seq <= first->seq)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    for (unsigned i = 0; i < request->numMetrics; i++) {
+        nvmlGpmMetric_t *metric = &request->metrics[i];
+        int which = metric->metricId == NVML_GPM_METRIC_GRAPHICS_UTIL ? 0
+                  : metric->metricId == NVML_GPM_METRIC_SM_UTIL ? 1 : -1;
+        if (which < 0 || !second->has[which]) {
+            metric->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+            continue;
+        }
+        metric->nvmlReturn = NVML_SUCCESS;
+        metric->value = second->value[which];
+        metric->metricInfo.shortName = names[which][0];
+        metric->metricInfo.longName = names[which][1];
+        metric->metricInfo.unit = names[which][2];
+    }
     return NVML_SUCCESS;
 }

@@ -6,6 +6,19 @@ as the policy's schedulerName, and one extender, the sidecar on localhost. kube-
 {{- $extender := $values.extender -}}
 {{- $policy := include "gpuguard.policy" . | fromJson -}}
 {{- $resources := $extender.managedResources -}}
+{{- /* Every MIG resource of gpuguard's catalog (files/mig-catalog.yaml is the package's own catalog file) and of the
+policy's migCatalog: kube-scheduler calls the extender only for pods asking for a listed name, and accepts no
+wildcards. The device plugin names a profile's resource with `+` turned into `.` (`1g.10gb+me` -> mig-1g.10gb.me). */ -}}
+{{- $catalog := .Files.Get "files/mig-catalog.yaml" | fromYaml -}}
+{{- $models := concat (get $catalog "models" | default list) (dig "migCatalog" "models" list $policy) -}}
+{{- range $models -}}
+{{- range (get . "profiles" | default list) -}}
+{{- $name := printf "nvidia.com/mig-%s" (replace "+" "." (toString .name)) -}}
+{{- if not (has $name $resources) -}}
+{{- $resources = append $resources $name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- /* Time-sliced GPUs are advertised as nvidia.com/gpu.shared when the policy renames them; the extender must
 see those pods too. */ -}}
 {{- if and (dig "timeSlicing" "renameByDefault" false $policy) (not (has "nvidia.com/gpu.shared" $resources)) -}}
@@ -34,7 +47,7 @@ extenders:
     nodeCacheCapable: true
     ignorable: {{ $extender.ignorable }}
     httpTimeout: {{ $extender.httpTimeout }}
-    # Exact names only: kube-scheduler accepts no wildcards, so every MIG resource is listed.
+    # Exact names only: kube-scheduler accepts no wildcards, so every MIG resource of the catalog is listed.
     managedResources:
       {{- range $resources }}
       - name: {{ . }}
