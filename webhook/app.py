@@ -64,6 +64,7 @@ def create_app(
         add_metrics_route(app, registry)
     app.cleanup_ctx.append(lambda _: policy.watching(settings.reload_interval))
     if certificate is not None:
+        metrics.certificate_expiry.set_function(lambda: certificate.not_after)
         app.cleanup_ctx.append(lambda _: _watch_certificate(certificate, metrics, settings.reload_interval))
     return app
 

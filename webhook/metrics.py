@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Include kube-apiserver's own latency edges (5, 25, 100 ms in apiserver_admission_webhook_admission_duration_seconds)
 # so the two histograms can be compared bucket for bucket.
@@ -38,6 +38,11 @@ class WebhookMetrics:
         self.certificate_reloads = Counter(
             "gpuguard_webhook_certificate_reloads",
             "Serving certificate reloads after the files changed on disk",
+            registry=registry,
+        )
+        self.certificate_expiry = Gauge(
+            "gpuguard_webhook_certificate_expiry_timestamp_seconds",
+            "Unix time at which the serving certificate that new connections get expires",
             registry=registry,
         )
 

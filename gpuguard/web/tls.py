@@ -153,6 +153,8 @@ class ReloadingCertificate:
         self.context = server_context(cert, key)
         self.current = self.context
         self._digest = self._read_digest()
+        self.not_after = _not_after(cert)
+        """Unix time at which the certificate that new handshakes present expires."""
         self.context.sni_callback = self._select
 
     def _read_digest(self) -> str:
@@ -170,10 +172,16 @@ class ReloadingCertificate:
             if digest == self._digest:
                 return False
             context = server_context(self.cert, self.key)  # refuses a certificate and key that do not match
+            not_after = _not_after(self.cert)
         except (OSError, ssl.SSLError, ValueError):
             return False
-        self.current, self._digest = context, digest
+        self.current, self._digest, self.not_after = context, digest, not_after
         return True
+
+
+def _not_after(cert: Path) -> float:
+    """The expiry of the first certificate in a PEM file (the server's own; a chain's CAs follow it)."""
+    return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
 
 
 def _server_cert_usable(files: TlsFiles, ca: x509.Certificate, sans: Sequence[str], now: datetime.datetime) -> bool:
