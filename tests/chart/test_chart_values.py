@@ -101,6 +101,11 @@ def test_every_value_is_used_by_a_template() -> None:
     ("image.pullPolicy=Sometimes", "pullPolicy"),
     ("webhook.enabeld=true", "enabeld"),
     ("unknownTopLevel=1", "unknownTopLevel"),
+    ("webhook.hostNetwork=yes", "hostNetwork"),
+    ("webhook.extraArgs=--verbose", "extraArgs"),
+    ("agent.extraEnv[0].value=1", "name"),
+    ("networkPolicy.enabeld=true", "enabeld"),
+    ("webhook.serviceAccount.name=x", "name"),
 ])
 def test_the_schema_refuses_wrong_types_enums_and_unknown_keys(setting: str, field: str) -> None:
     error = render_error(setting)
