@@ -105,6 +105,8 @@ def test_every_value_is_used_by_a_template() -> None:
     ("webhook.extraArgs=--verbose", "extraArgs"),
     ("agent.extraEnv[0].value=1", "name"),
     ("networkPolicy.enabeld=true", "enabeld"),
+    ("metrics.prometheusRule.staleAfterSeconds=10", "staleAfterSeconds"),
+    ("metrics.grafanaDashboard.namespace=Monitoring", "namespace"),
     ("webhook.serviceAccount.name=x", "name"),
 ])
 def test_the_schema_refuses_wrong_types_enums_and_unknown_keys(setting: str, field: str) -> None:
