@@ -36,8 +36,17 @@ cat > "$root/root/after-ci.sh" <<'AFTER'
 status=0
 if [ -e /usr/sbin/policy-rc.d ]; then echo "FAIL: /usr/sbin/policy-rc.d was left behind"; status=1; fi
 if ls /etc/rc[2-5].d/ 2>/dev/null | grep -q '^S[0-9]*prometheus'; then echo "FAIL: prometheus starts at boot"; status=1; fi
-others=$(for p in /proc/[0-9]*; do pid=${p#/proc/}; [ "$pid" = "$$" ] || [ "$pid" = "$PPID" ] || [ "$pid" = 1 ] || echo "$pid $(cat "$p/comm" 2>/dev/null)"; done)
-if [ -n "$others" ]; then echo "FAIL: still running:"; echo "$others"; status=1; fi
+# Every process of the PID namespace but this script, the shell that started it and PID 1 (no subshell here:
+# it would be a process of its own).
+others=""
+for p in /proc/[0-9]*; do
+  pid=${p#/proc/}
+  if [ "$pid" != "$$" ] && [ "$pid" != "$PPID" ] && [ "$pid" != 1 ] && [ -e "$p/comm" ]; then
+    read -r comm < "$p/comm" || comm="?"
+    others+="  $pid $comm"$'\n'
+  fi
+done
+if [ -n "$others" ]; then echo "FAIL: still running:"; printf '%s' "$others"; status=1; fi
 [ $status = 0 ] && echo "after .ci/run: no service running or enabled, no policy-rc.d left"
 exit $status
 AFTER
