@@ -8,11 +8,22 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+from gpuguard.cli_support import add_command
+
 HELP = "replay a pod trace: gpuguard's scoring vs the default scheduler's vs an offline best fit"
 
 
+DESCRIPTION = """
+Generate a cluster of GPU nodes (whole GPUs, MIG GPUs, time-sliced T4s) and a trace of inference pods arriving and
+leaving, then place the same trace three ways: with the extender's own filter and scores, as kube-scheduler does
+without gpuguard (resource fit, then LeastAllocated), and with an offline best fit, and print how each did. The same
+seed gives the same cluster, trace and results.
+"""
+
+
 def add_simulate_parser(commands: Any) -> None:
-    parser = commands.add_parser("simulate", help=HELP, description=HELP)
+    parser = add_command(commands, "simulate", summary=HELP, description=DESCRIPTION,
+                         examples=["gpuguard simulate", "gpuguard simulate --nodes 200 --pods 10000 --seed 7"])
     parser.add_argument("--nodes", type=int, default=60, help="cluster size (default 60)")
     parser.add_argument("--pods", type=int, default=3000, help="pods in the trace (default 3000)")
     parser.add_argument("--seed", type=int, default=1, help="trace and cluster seed (default 1)")
