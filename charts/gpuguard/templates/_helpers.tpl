@@ -55,21 +55,59 @@ helm.sh/chart: {{ include "gpuguard.chart" .ctx }}
 {{- end }}
 {{- end -}}
 
-{{/* The gpuguard image, tag defaulting to the chart's appVersion. */}}
-{{- define "gpuguard.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{/* An image reference from (dict "ctx" $ "image" VALUES "defaultTag" TAG): REGISTRY/REPOSITORY then :TAG,
+@DIGEST, or :TAG@DIGEST. global.imageRegistry replaces the image's own registry. The tag falls back to defaultTag
+only when there is no digest: a digest alone pins the image (templates/validation.yaml checks the parts). */}}
+{{- define "gpuguard.imageRef" -}}
+{{- $image := .image -}}
+{{- $registry := default $image.registry .ctx.Values.global.imageRegistry -}}
+{{- $ref := ternary (printf "%s/%s" $registry $image.repository) $image.repository (ne $registry "") -}}
+{{- $tag := $image.tag | default (ternary "" .defaultTag (ne (toString $image.digest) "")) -}}
+{{- with $tag }}{{ $ref = printf "%s:%s" $ref . }}{{ end -}}
+{{- with $image.digest }}{{ $ref = printf "%s@%s" $ref . }}{{ end -}}
+{{- $ref -}}
 {{- end -}}
 
-{{/* The upstream kube-scheduler image. Without a tag: the cluster's own version (major.minor.patch, any distro
-suffix such as "-eks-1a2b3c" dropped), because kube-scheduler must not be newer than the API server. */}}
-{{- define "gpuguard.schedulerImage" -}}
-{{- $image := .Values.scheduler.image -}}
-{{- $tag := $image.tag -}}
-{{- if not $tag -}}
-{{- $version := semver .Capabilities.KubeVersion.Version -}}
-{{- $tag = printf "v%d.%d.%d" $version.Major $version.Minor $version.Patch -}}
+{{/* The gpuguard image, tag defaulting to the chart's appVersion. */}}
+{{- define "gpuguard.image" -}}
+{{- include "gpuguard.imageRef" (dict "ctx" . "image" .Values.image "defaultTag" .Chart.AppVersion) -}}
 {{- end -}}
-{{- printf "%s:%s" $image.repository $tag -}}
+
+{{/* The upstream kube-scheduler image. Without a tag or digest: the cluster's own version (major.minor.patch, any
+distro suffix such as "-eks-1a2b3c" dropped), because kube-scheduler must not be newer than the API server. */}}
+{{- define "gpuguard.schedulerImage" -}}
+{{- $version := semver .Capabilities.KubeVersion.Version -}}
+{{- $clusterTag := printf "v%d.%d.%d" $version.Major $version.Minor $version.Patch -}}
+{{- include "gpuguard.imageRef" (dict "ctx" . "image" .Values.scheduler.image "defaultTag" $clusterTag) -}}
+{{- end -}}
+
+{{/* Failures for one image's values, as a message ("" when they are fine). Args: (dict "at" "image" "image" VALUES).
+Docker's reference grammar: a tag is [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}; a repository is lower-case path components;
+a registry is a host (dots, optional :port) and optional path. */}}
+{{- define "gpuguard.imageProblem" -}}
+{{- $at := .at -}}
+{{- $image := .image -}}
+{{- $tag := toString $image.tag -}}
+{{- $digest := toString $image.digest -}}
+{{- if regexMatch "^sha256:|@" $tag -}}
+{{ $at }}.tag {{ $tag | quote }} is a digest, not a tag.
+  Give it as {{ $at }}.digest ({{ $at }}.digest={{ regexReplaceAll "^.*@" $tag "" }}) and leave {{ $at }}.tag empty; the image is then
+  rendered as REPOSITORY@DIGEST.
+{{- else if and $tag (not (regexMatch "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$" $tag)) -}}
+{{ $at }}.tag {{ $tag | quote }} is not an image tag: up to 128 letters, digits, _ . and -, not starting with . or -.
+{{- else if and $digest (not (regexMatch "^sha256:[a-f0-9]{64}$" $digest)) -}}
+{{ $at }}.digest {{ $digest | quote }} is not an image digest: it must be "sha256:" and 64 lower-case hex digits,
+  as `docker buildx imagetools inspect IMAGE` or `crane digest IMAGE` print it.
+{{- else if regexMatch "[:@]" (toString $image.repository) -}}
+{{ $at }}.repository {{ $image.repository | quote }} carries a tag, digest or port: give the registry host in
+  {{ $at }}.registry (or global.imageRegistry), the tag in {{ $at }}.tag and the digest in {{ $at }}.digest.
+{{- else if not (regexMatch "^[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$" (toString $image.repository)) -}}
+{{ $at }}.repository {{ $image.repository | quote }} is not a repository path: lower-case letters, digits and . _ - in
+  /-separated parts.
+{{- else if and $image.registry (regexMatch "^[^/]*[.:]" (toString $image.repository)) (regexMatch "^[^/]+/" (toString $image.repository)) -}}
+{{ $at }}.repository {{ $image.repository | quote }} starts with a registry host, and {{ $at }}.registry is {{ $image.registry | quote }}:
+  the image would be {{ $image.registry }}/{{ $image.repository }}. Give the host in {{ $at }}.registry only.
+{{- end -}}
 {{- end -}}
 
 {{/* The policy as a dict (for the checks in validation.yaml and what other objects derive from it). */}}
@@ -183,4 +221,39 @@ spec:
       path: /metrics
       interval: {{ $monitor.interval }}
       scrapeTimeout: {{ $monitor.scrapeTimeout }}
+{{- end -}}
+
+{{/* topologySpreadConstraints of a Deployment's pods; an entry without labelSelector gets the component's selector
+labels, so admins can write only what differs (maxSkew, topologyKey, whenUnsatisfiable). Args: (dict "ctx" $
+"component" NAME "constraints" LIST). */}}
+{{- define "gpuguard.topologySpread" -}}
+{{- $selector := include "gpuguard.selectorLabels" (dict "ctx" .ctx "component" .component) | fromYaml -}}
+{{- $constraints := list -}}
+{{- range .constraints -}}
+{{- $constraint := deepCopy . -}}
+{{- if not (hasKey $constraint "labelSelector") -}}
+{{- $_ := set $constraint "labelSelector" (dict "matchLabels" $selector) -}}
+{{- end -}}
+{{- $constraints = append $constraints $constraint -}}
+{{- end -}}
+{{- with $constraints -}}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's ServiceAccount metadata annotations, when any. Args: the component's values. */}}
+{{- define "gpuguard.serviceAccountAnnotations" -}}
+{{- with (dig "serviceAccount" "annotations" dict .) -}}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/* nodeSelector and tolerations of a short-lived pod (hook Job, test pod). Args: its values. */}}
+{{- define "gpuguard.placement" -}}
+{{- $placement := dict -}}
+{{- with .nodeSelector }}{{ $_ := set $placement "nodeSelector" . }}{{ end -}}
+{{- with .tolerations }}{{ $_ := set $placement "tolerations" . }}{{ end -}}
+{{- with $placement }}{{ toYaml . }}{{ end -}}
 {{- end -}}

@@ -109,14 +109,7 @@ restartPolicy: Never
 {{- with include "gpuguard.imagePullSecrets" $ctx }}{{ . | nindent 0 }}{{ end }}
 securityContext:
   {{- include "gpuguard.podSecurityContext" (dict "ctx" $ctx) | nindent 2 }}
-{{- with $values.nodeSelector }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with $values.tolerations }}
-tolerations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- with include "gpuguard.placement" $values }}{{ . | nindent 0 }}{{ end }}
 containers:
   - name: certs
     image: {{ include "gpuguard.image" $ctx }}
