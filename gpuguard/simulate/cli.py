@@ -18,6 +18,8 @@ def add_simulate_parser(commands: Any) -> None:
     parser.add_argument("--seed", type=int, default=1, help="trace and cluster seed (default 1)")
     parser.add_argument("--lifetime", type=float, default=900.0, help="mean pod lifetime, seconds (default 900)")
     parser.add_argument("--policy", type=Path, help="policy whose scheduling section gpuguard uses (default: embedded)")
+    parser.add_argument("--json", action="store_true",
+                        help='print the report as JSON: {"schedulers": {NAME: {FIELD: value}}}, fields as the table names them')
     parser.add_argument("--chart", type=Path, metavar="PNG", help="also draw a bar chart (needs matplotlib)")
     parser.set_defaults(func=simulate_command)
 
@@ -26,7 +28,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     from gpuguard.policy.loading import PolicyError, default_policy_text, parse_policy
     from gpuguard.simulate import report
     from gpuguard.simulate.engine import SCHEDULERS, pickers, replay
-    from gpuguard.simulate.model import NODE_MIX, build_cluster, build_trace
+    from gpuguard.simulate.model import NODE_MIX, build_cluster, build_trace, offered_whole_load
 
     if args.nodes < len(NODE_MIX) or args.pods < 1:
         print(f"gpuguard simulate: --nodes must be at least {len(NODE_MIX)} (one of each node kind) and --pods at "
@@ -45,14 +47,19 @@ def simulate_command(args: argparse.Namespace) -> int:
                 for name in SCHEDULERS]
     if show:
         print(file=sys.stderr)
-    print(report.table(outcomes, nodes=args.nodes, pods=args.pods, seed=args.seed))
+    if args.json:
+        print(report.as_json(outcomes))
+    else:
+        offered = offered_whole_load(cluster, trace)
+        print(report.table(outcomes, heading=report.heading(nodes=args.nodes, pods=args.pods, seed=args.seed,
+                                                            lifetime=args.lifetime, offered=offered)))
     if args.chart:
         try:
             report.chart(outcomes, args.chart)
         except ImportError:
             print("gpuguard simulate: --chart needs matplotlib (pip install 'gpuguard[chart]')", file=sys.stderr)
             return 2
-        print(f"chart written to {args.chart}")
+        print(f"chart written to {args.chart}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

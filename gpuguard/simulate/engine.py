@@ -40,6 +40,8 @@ class Outcome:
     """At the same moment: memory slots (1/8 GPU each) of free MIG instances on GPUs that already hold one."""
     whole_gpus_placed: int = 0
     """GPUs taken by the whole-GPU (LLM) pods placed, over the whole trace."""
+    placed_by_kind: dict[str, int] = field(default_factory=dict)
+    """Pods placed over the trace per kind: `1-GPU` ... `8-GPU` for the whole-GPU pods, `mig`, `dev`."""
     placed_on_busy: list[float] = field(default_factory=list)
     """Background utilization of each node a whole-GPU pod went to, one entry per GPU it took."""
 
@@ -105,6 +107,8 @@ def replay(cluster: SimCluster, trace: Sequence[SimPod], name: str, picker: Pick
             held[pod.index] = (chosen.name, binding.slices)
             heapq.heappush(departures, (pod.arrival + pod.lifetime, pod.index))
             outcome.placed += 1
+            kind = f"{pod.gpus}-GPU" if pod.kind == "llm" else pod.kind
+            outcome.placed_by_kind[kind] = outcome.placed_by_kind.get(kind, 0) + 1
             if not first_failure_seen:
                 outcome.placed_before_first_failure += 1
             if pod.kind == "llm":

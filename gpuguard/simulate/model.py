@@ -16,6 +16,7 @@ one MIG slice (60 % on H100: 1g.10gb 30, 2g.20gb 10, 3g.40gb 5; 40 % on B200: 1g
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,3 +169,12 @@ def admitted_pod(limits: dict[str, int], selector: dict[str, str], expressions: 
         spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": expressions}]}}}
     return {"apiVersion": "v1", "kind": "Pod", "spec": spec}
+
+
+def offered_whole_load(cluster: SimCluster, trace: Sequence[SimPod]) -> float:
+    """GPU-seconds the whole-GPU pods ask for over the trace, per GPU-second of the whole-GPU nodes (1.0: exactly
+    full if packing were perfect and nothing waited; above 1 some pods cannot be placed whatever the scheduler)."""
+    gpus = sum(s.allocatable.get(GPU, 0) for s in cluster.states if s.product in (H100, A100) and not s.mig_gpus)
+    span = trace[-1].arrival if trace else 0.0
+    asked = sum(p.gpus * p.lifetime for p in trace if p.kind == "llm")
+    return asked / (gpus * span) if gpus and span else 0.0
