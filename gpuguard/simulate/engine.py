@@ -43,7 +43,19 @@ class Outcome:
     placed_by_kind: dict[str, int] = field(default_factory=dict)
     """Pods placed over the trace per kind: `1-GPU` ... `8-GPU` for the whole-GPU pods, `mig`, `dev`."""
     placed_on_busy: list[float] = field(default_factory=list)
+    waits: bool = False
+    """Pods waited (up to a patience) instead of being dropped on arrival; the MIG fields below are then counted."""
+    mig_placed_before_first_failure: int = 0
+    """MIG pods placed before the first MIG pod went unschedulable."""
+    mig_placed: int = 0
+    mig_pending_total: float = 0.0
+    """Seconds the placed MIG pods spent Pending, summed."""
+    layout_changes: int = 0
     """Background utilization of each node a whole-GPU pod went to, one entry per GPU it took."""
+
+    @property
+    def mean_mig_pending(self) -> float:
+        return self.mig_pending_total / self.mig_placed if self.mig_placed else 0.0
 
     @property
     def mean_utilization_of_used(self) -> float:

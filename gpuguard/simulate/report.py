@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpuguard.simulate.dynamic import DYNAMIC
 from gpuguard.simulate.engine import Outcome
 from gpuguard.simulate.model import node_counts
 
@@ -39,8 +40,18 @@ MEASURES: tuple[Measure, ...] = (
 """The rows, in order. Utilization is the other tenants' load on the GPUs the whole-GPU pods were given: lower means
 the scheduler steered around busy nodes."""
 
+DYNAMIC_MEASURES: tuple[Measure, ...] = (
+    Measure("MIG placed before 1st unschedulable MIG", lambda o: o.mig_placed_before_first_failure, True),
+    Measure("MIG placed (whole trace)", lambda o: o.mig_placed, True),
+    Measure("mean MIG pending (s)", lambda o: round(o.mean_mig_pending, 1), False, "", 1),
+    Measure("layout changes", lambda o: o.layout_changes, False),
+)
+"""Rows added when pods wait instead of being dropped (`simulate --dynamic-mig`). Fewer layout changes is better
+only at equal placements: each one takes a node's GPUs out of use for a while."""
+
+
 def measures(outcomes: Sequence[Outcome]) -> tuple[Measure, ...]:
-    return MEASURES
+    return MEASURES + (DYNAMIC_MEASURES if any(o.waits for o in outcomes) else ())
 
 
 def as_json(outcomes: Sequence[Outcome]) -> str:
@@ -54,24 +65,31 @@ def _number(measure: Measure, outcome: Outcome) -> float | int:
     return round(value, measure.digits) if measure.digits else int(value)
 
 
-def table(outcomes: Sequence[Outcome], *, heading: str) -> str:
-    rows = measures(outcomes)
+def comparisons(outcomes: Sequence[Outcome]) -> list[tuple[Outcome, Outcome]]:
+    """gpuguard against each fixed-layout scheduler, and dynamic MIG against gpuguard when it ran."""
     by = {o.scheduler: o for o in outcomes}
     ours = by.get(OURS)
-    others = [o for o in outcomes if o.scheduler != OURS] if ours is not None else []
-    width = max(len(m.name) for m in rows) + 4
+    pairs = [(ours, o) for o in outcomes if ours is not None and o.scheduler not in (OURS, DYNAMIC)]
+    if DYNAMIC in by and ours is not None:
+        pairs.append((by[DYNAMIC], ours))
+    return pairs
+
+
+def table(outcomes: Sequence[Outcome], *, heading: str) -> str:
+    rows = measures(outcomes)
+    pairs = comparisons(outcomes)
+    width = max(len(m.name) for m in rows) + 2
     cell = max(10, *(len(o.scheduler) + 1 for o in outcomes))
     head = f"{'':<{width}}  " + "  ".join(f"{o.scheduler:>{cell}}" for o in outcomes)
-    head += "".join(f"  {'gpuguard vs ' + o.scheduler:>24}" for o in others)
+    head += "".join(f"  {a.scheduler + ' vs ' + b.scheduler:>26}" for a, b in pairs)
     lines = [heading, "", head]
     for m in rows:
         arrow = "(higher is better)" if m.higher_is_better else "(lower is better)"
         line = f"{m.name:<{width}}  " + "  ".join(f"{_shown(m, o):>{cell}}" for o in outcomes)
-        line += "".join(f"  {_versus(m, ours, o):>24}" for o in others if ours is not None)
+        line += "".join(f"  {_versus(m, a, b):>26}" for a, b in pairs)
         lines.append(f"{line}   {arrow}")
-    if ours is not None:
-        lines.append("")
-        lines += [_verdict(rows, ours, o) for o in others]
+    lines.append("")
+    lines += [_verdict(rows, a, b) for a, b in pairs]
     return "\n".join(lines)
 
 
@@ -80,7 +98,7 @@ def _shown(measure: Measure, outcome: Outcome) -> str:
 
 
 def _sign(measure: Measure, ours: Outcome, other: Outcome) -> int:
-    """1 when gpuguard did better on this measure, -1 worse, 0 equal."""
+    """1 when `ours` did better on this measure, -1 worse, 0 equal."""
     a, b = measure.value(ours), measure.value(other)
     if a == b:
         return 0
@@ -97,16 +115,16 @@ def _versus(measure: Measure, ours: Outcome, other: Outcome) -> str:
 def _verdict(rows: Sequence[Measure], ours: Outcome, other: Outcome) -> str:
     worse = [m.name for m in rows if _sign(m, ours, other) < 0]
     better = [m.name for m in rows if _sign(m, ours, other) > 0]
+    name = f"{ours.scheduler} vs {other.scheduler}"
     if not worse:
-        return f"gpuguard vs {other.scheduler}: better on {len(better)} of {len(rows)} measures, worse on none."
-    return (f"gpuguard vs {other.scheduler}: better on {len(better)} of {len(rows)} measures, WORSE on "
-            f"{len(worse)}: {', '.join(worse)}.")
+        return f"{name}: better on {len(better)} of {len(rows)} measures, worse on none."
+    return f"{name}: better on {len(better)} of {len(rows)} measures, WORSE on {len(worse)}: {', '.join(worse)}."
 
 
-def heading(*, nodes: int, pods: int, seed: int, lifetime: float, offered: float) -> str:
+def heading(*, nodes: int, pods: int, seed: int, lifetime: float, offered: float, extra: str = "") -> str:
     mix = ", ".join(f"{count} {kind}" for kind, count in node_counts(nodes).items())
-    return (f"{nodes} nodes ({mix}), {pods} pods, seed {seed}, mean lifetime {lifetime:g} s; whole-GPU pods ask for "
-            f"{offered:.2f}x the whole GPUs there are")
+    load = f"whole-GPU pods ask for {offered:.2f}x the whole GPUs there are" if offered else "MIG pods only"
+    return f"{nodes} nodes ({mix}), {pods} pods, seed {seed}, mean lifetime {lifetime:g} s; {load}{extra}"
 
 
 def chart(outcomes: Sequence[Outcome], path: Path) -> None:
