@@ -7,8 +7,8 @@ a `Plan`, a value that prints as the moves and why.
 
 The MIG manager applies a name to a whole node, so a move sets one node's label. A move is allowed only when
 - the node is in a pool with rules, its model is catalogued and the name applies to it (`migconfig.layout`),
-- no layout change of it is under way (state `pending` or `rebooting`) and its cool-down since the last change has
-  passed,
+- no layout change of it is under way (state `pending` or `rebooting`), the MIG manager's last change did not fail
+  (`failed`), and its cool-down since the last change has passed,
 - every GPU that holds a pod already has exactly the new layout (the MIG manager would leave it as it is); only GPUs
   no pod holds are re-partitioned,
 - the pool keeps at least its minimum of nodes in the layout the node leaves.
@@ -228,6 +228,8 @@ def _held_back(node: MigNode, pools: Mapping[str, PoolRules], now: float) -> str
         return ""
     if node.config_state in CHANGING:
         return f"layout change under way (nvidia.com/mig.config.state={node.config_state})"
+    if node.config_state == "failed":
+        return "the MIG manager failed its last change (nvidia.com/mig.config.state=failed): an admin must look"
     if node.changed_at is not None and now - node.changed_at < rules.cooldown:
         return f"cool-down: changed {now - node.changed_at:.0f} s ago, {rules.cooldown:g} s must pass"
     return ""
