@@ -7,7 +7,8 @@ once answering 1 request and once answering 1 + N, over one keep-alive TLS conne
 is what one request costs the server, startup excluded. The webhook is measured with the same pod repeated (the
 memo answers) and with every pod different (each one parsed and decided). Timings on a shared 2-core machine vary
 with whatever else runs; instruction counts do not, so the ratio here is the steadier reading of the throughput
-target (wall-clock throughput is in webhook_bench.py).
+target (wall-clock throughput is in webhook_bench.py). The pure decision (`webhook.review.mutate` on the parsed
+payload, no HTTP) is counted the same way, N decisions minus one, in a process of its own.
 """
 
 from __future__ import annotations
@@ -90,10 +91,42 @@ def per_request(server: str, requests: int, tls: Path, *, unique: bool = False) 
     return (count(server, 1 + requests, tls, unique=unique) - count(server, 1, tls, unique=unique)) / requests
 
 
+def decide(times: int) -> None:
+    """Run the pure decision `times` times on the payload (what `per_decision` counts under callgrind)."""
+    from gpuguard.contracts.admission import parse_review
+    from gpuguard.policy.loading import default_policy
+    from webhook.review import mutate
+
+    policy = default_policy()
+    request = parse_review(PAYLOAD.read_bytes()).request
+    for _ in range(times):
+        mutate(request, policy)
+
+
+def decision_count(times: int, log: Path) -> int:
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+               "--decide", str(times)]
+    with open(log, "w") as out:
+        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    found = re.search(r"Collected : (\d+)", log.read_text())
+    assert found, log.read_text()[-2000:]
+    return int(found.group(1))
+
+
+def per_decision(times: int, scratch: Path) -> float:
+    """Instructions of one pure decision (`webhook.review.mutate` on the parsed payload), startup excluded."""
+    return (decision_count(1 + times, scratch / "decide-n.log") - decision_count(1, scratch / "decide-1.log")) / times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--decide", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.decide:
+        decide(args.decide)
+        return
     tls = Path(tempfile.mkdtemp(prefix="gpuguard-icount-")) / "tls"
     ensure_self_signed(tls, default_sans(None, None))
     noop = per_request("noop", args.requests, tls)
@@ -103,6 +136,8 @@ def main() -> None:
     print(f"  no-op aiohttp TLS server:               {noop / 1e3:8.0f} k")
     print(f"  gpuguard /mutate, same pod repeated:    {repeated / 1e3:8.0f} k   no-op/webhook = {noop / repeated:.2f}")
     print(f"  gpuguard /mutate, every pod different:  {unique / 1e3:8.0f} k   no-op/webhook = {noop / unique:.2f}")
+    decision = per_decision(args.requests, tls.parent)
+    print(f"  the pure decision alone (webhook.review.mutate):  {decision / 1e3:8.0f} k")
 
 
 if __name__ == "__main__":

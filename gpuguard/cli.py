@@ -1,4 +1,4 @@
-"""The `gpuguard` console script: one subcommand per service or tool (see DESIGN.md "Command line").
+"""The `gpuguard` console script: one subcommand per service or tool (docs/cli.md describes each).
 
 This module is the composition root: the only part of the core that imports the services, to register their
 subcommands. Each service owns its arguments and its `main`: `python -m webhook` is the same as `gpuguard webhook`
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from gpuguard import __version__
 from gpuguard.certs_cli import add_certs_parser
-from gpuguard.cli_support import add_log_level_argument, setup_logging
+from gpuguard.cli_support import add_log_level_argument, help_text, setup_logging
 from gpuguard.demo.cli import add_demo_parser
 from gpuguard.simulate.cli import add_simulate_parser
 from gpuguard.policy_cli import add_policy_parser
@@ -22,9 +22,25 @@ from scheduler_ext.cli import add_extender_parser
 from scheduler_ext.miglayouts import add_mig_layouts_parser
 from webhook.cli import add_offline_parsers, add_webhook_parser
 
+DESCRIPTION = """
+GPU model serving on Kubernetes, correct by default: an admission webhook that gives KServe predictor pods the right
+GPU, tolerations, node selector and scheduler and refuses bad GPU requests with their fix, a scheduler extender that
+places them by MIG fit and GPU utilization, and a node agent that reports the GPUs. The same decisions run offline
+(mutate, validate, policy check) and on this machine (demo, simulate). `gpuguard COMMAND --help` describes each
+command; docs/cli.md in the repository describes them all.
+"""
+EXAMPLES = (
+    "gpuguard demo",
+    "gpuguard validate -f examples/inferenceservices.yaml",
+    "gpuguard policy check examples/policy.yaml",
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuguard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="gpuguard", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=help_text(DESCRIPTION), epilog="examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES),
+    )
     parser.add_argument("--version", action="version", version=f"gpuguard {__version__}")
     add_log_level_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

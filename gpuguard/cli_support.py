@@ -10,8 +10,10 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -26,10 +28,33 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
-def add_policy_argument(parser: argparse.ArgumentParser) -> None:
+HELP_WIDTH = 100
+
+
+def add_command(
+    commands: Any, name: str, *, summary: str, description: str, examples: Sequence[str]
+) -> argparse.ArgumentParser:
+    """A subcommand whose `--help` says what it does (`description`, a paragraph) and shows how (`examples`)."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=help_text(description),
+        epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def help_text(description: str) -> str:
+    """Paragraphs (separated by blank lines) filled to the help width; RawDescriptionHelpFormatter keeps them."""
+    paragraphs = [" ".join(part.split()) for part in description.strip().split("\n\n")]
+    return "\n\n".join(textwrap.fill(part, HELP_WIDTH) for part in paragraphs)
+
+
+def add_policy_argument(parser: argparse.ArgumentParser, *, reloaded: bool = True) -> None:
+    """`--policy FILE`; `reloaded` says whether the command keeps running and re-reads it when it changes."""
     parser.add_argument(
         "--policy", type=Path, default=env_default("POLICY"),
-        help="policy YAML, re-read when it changes (default: the embedded DESIGN.md example; env GPUGUARD_POLICY)",
+        help=f"policy YAML{', re-read when it changes' if reloaded else ''} (default: the built-in policy, "
+        "examples/policy.yaml; env GPUGUARD_POLICY)",
     )
 
 

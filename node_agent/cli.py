@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from gpuguard.cli_support import add_policy_argument, env_default, env_int
+from gpuguard.cli_support import add_command, add_policy_argument, env_default, env_int
 from gpuguard.contracts.node_inventory import encode_inventory
 from gpuguard.k8s.client import ClusterConfigError
 from gpuguard.policy.loading import PolicyError
@@ -38,8 +38,20 @@ log = logging.getLogger(__name__)
 HELP = "run the node agent: GPU metrics (DCGM names), GPU/MIG inventory annotation, time-slicing replicas"
 
 
+DESCRIPTION = """
+Run on each GPU node (the chart's DaemonSet): read the GPUs and MIG instances through NVML, export their metrics under
+DCGM's names on /metrics, publish the node's GPU/MIG inventory as the gpuguard.io/gpu-inventory annotation (patched
+only when it changes), and write the time-slicing replicas the policy gives this node into the NVIDIA device
+plugin's config. Without a GPU, --fake-gpus runs the same agent on described GPUs.
+"""
+
+
 def add_agent_parser(commands: Any) -> None:
-    parser = commands.add_parser("agent", help=HELP, description=HELP)
+    parser = add_command(
+        commands, "agent", summary=HELP, description=DESCRIPTION,
+        examples=["gpuguard agent --in-cluster --policy /etc/gpuguard/policy.yaml",
+                  "gpuguard agent --node-name gpu-1 --fake-gpus examples/fake-gpus/h100-mig.yaml --once"],
+    )
     add_agent_arguments(parser)
     parser.set_defaults(func=run_agent)
 

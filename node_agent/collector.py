@@ -2,7 +2,7 @@
 
 A custom collector: every scrape reads the backend once and yields fresh metric families, so nothing stale lingers
 after a GPU disappears, and a failing GPU or field only loses its own samples. Names, labels and units follow
-dcgm-exporter (reference/domain.md section 4) wherever a DCGM field exists, so dashboards and the extender's queries
+dcgm-exporter (its default-counters.csv) wherever a DCGM field exists, so dashboards and the extender's queries
 (`DCGM_FI_DEV_GPU_UTIL` by `Hostname`) work against either exporter. The exported fields are the `FIELDS` table
 below and nowhere else.
 

@@ -9,14 +9,28 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from gpuguard.cli_support import add_listen_arguments, add_policy_argument, env_default
+from gpuguard.cli_support import add_command, add_listen_arguments, add_policy_argument, env_default
 from scheduler_ext.settings import DEFAULT_PORT, ExtenderSettings, GcSettings
 
 HELP = "run the kube-scheduler extender (filter + prioritize, HTTP)"
 
 
+DESCRIPTION = """
+Answer kube-scheduler's extender calls (/filter, /prioritize, with node names or full Node objects): nodes without a
+free device of the requested kind (whole GPU, MIG profile, time-sliced share) are filtered out with the reason, and
+the rest scored 0..10 by how well the request packs and how idle their GPUs are (DCGM utilization from Prometheus, or
+the node agent's annotation; stale or missing metrics score neutral). Nodes and pods come from a watch of the API
+server or from a cluster-state file.
+"""
+
+
 def add_extender_parser(commands: Any) -> None:
-    add_extender_arguments(commands.add_parser("extender", help=HELP))
+    add_extender_arguments(add_command(
+        commands, "extender", summary=HELP, description=DESCRIPTION,
+        examples=["gpuguard extender --in-cluster --policy /etc/gpuguard/policy.yaml "
+                  "--prometheus-url http://prometheus.monitoring:9090",
+                  "gpuguard extender --cluster-state cluster-state.yaml --port 8888"],
+    ))
 
 
 def add_extender_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from gpuguard.cli_support import add_policy_argument, env_default
+from gpuguard.cli_support import add_command, add_policy_argument, env_default
 from gpuguard.policy.gpustate import gpu_request
 from gpuguard.policy.migconfig import merged
 from gpuguard.policy.migplan import MigNode, Plan, PoolRules, plan
@@ -37,9 +37,14 @@ from scheduler_ext.inventory.store import InventoryStore
 log = logging.getLogger(__name__)
 
 HELP = "change MIG layouts to what waiting pods need, through NVIDIA's MIG manager (policy dynamicMig)"
-EPILOG = """examples:
-  gpuguard mig-layouts --kubeconfig ~/.kube/config --policy policy.yaml --dry-run --once
-  gpuguard mig-layouts --in-cluster --policy /etc/gpuguard/policy.yaml --metrics-port 9407"""
+DESCRIPTION = """
+Every round, list the dynamic-MIG pools' nodes and the pods kube-scheduler could not place, choose idle MIG nodes to
+move to layouts of the MIG manager's configuration that let those pods fit, and set nvidia.com/mig.config on them;
+the node stays tainted while the MIG manager works, and a failed change is rolled back. Off unless the policy's
+dynamicMig.enabled is true; --dry-run prints the plans and writes nothing.
+"""
+EXAMPLES = ["gpuguard mig-layouts --kubeconfig ~/.kube/config --policy policy.yaml --dry-run --once",
+            "gpuguard mig-layouts --in-cluster --policy /etc/gpuguard/policy.yaml --metrics-port 9407"]
 LIVE = "status.phase!=Succeeded,status.phase!=Failed"
 OUTCOMES = ("made", "applied", "failed", "rolled-back", "stuck")
 
@@ -175,9 +180,8 @@ def describe(result: Round) -> str:
 
 
 def add_mig_layouts_parser(commands: Any) -> None:
-    parser = commands.add_parser("mig-layouts", help=HELP, description=HELP, epilog=EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_mig_layouts_arguments(parser)
+    add_mig_layouts_arguments(add_command(commands, "mig-layouts", summary=HELP, description=DESCRIPTION,
+                                          examples=EXAMPLES))
 
 
 def add_mig_layouts_arguments(parser: argparse.ArgumentParser) -> None:

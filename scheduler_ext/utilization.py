@@ -1,7 +1,7 @@
 """GPU utilization per node from Prometheus, refreshed in the background and never on the request path.
 
 Four instant queries per refresh: `DCGM_FI_DEV_GPU_UTIL` (percent, whole GPUs) and `DCGM_FI_PROF_GR_ENGINE_ACTIVE`
-(ratio, per MIG GPU instance: DEV_GPU_UTIL reads 0 or nothing on MIG GPUs, domain.md 4), each with its sample
+(ratio, per MIG GPU instance: DEV_GPU_UTIL reads 0 or nothing on MIG GPUs), each with its sample
 timestamps through `timestamp()`, so a sample's age is known exactly and samples older than
 `scheduling.metricsMaxAge` are ignored at scoring time (a node with nothing fresh scores neutral). `max by (...)`
 keeps only the labels we read, which shrinks the answer for big clusters.

@@ -1,4 +1,4 @@
-"""The layering and typing rules of STYLE.md, checked on every test run."""
+"""The layering and typing rules of the code base, checked on every test run."""
 
 from __future__ import annotations
 

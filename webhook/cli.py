@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuguard.cli_support import add_listen_arguments, add_policy_argument, env_default, env_int
+from gpuguard.cli_support import add_command, add_listen_arguments, add_policy_argument, env_default, env_int
 from webhook.settings import WebhookSettings
 
 if TYPE_CHECKING:
@@ -21,8 +21,23 @@ if TYPE_CHECKING:
 WEBHOOK_HELP = "run the mutating + validating admission webhook (HTTPS)"
 
 
+WEBHOOK_DESCRIPTION = """
+Serve /mutate and /validate to kube-apiserver over HTTPS: in-scope KServe predictor pods get their GPU, tolerations,
+node selector, scheduler and Triton metrics annotations; bad GPU requests in pods and InferenceServices are denied,
+warned or counted per the policy's mode, each with its fix. The policy file is re-read when it changes; a broken
+version is refused and the last good one stays in force. /metrics is served on its own plain-HTTP port.
+
+Exit status: 2 when the policy or the certificate cannot be used at start.
+"""
+
+
 def add_webhook_parser(commands: Any) -> None:
-    add_webhook_arguments(commands.add_parser("webhook", help=WEBHOOK_HELP))
+    add_webhook_arguments(add_command(
+        commands, "webhook", summary=WEBHOOK_HELP, description=WEBHOOK_DESCRIPTION,
+        examples=["gpuguard webhook --policy /etc/gpuguard/policy.yaml --tls-cert tls.crt --tls-key tls.key",
+                  "gpuguard webhook --self-signed /tmp/gpuguard-tls --service-name gpuguard-webhook "
+                  "--namespace gpuguard"],
+    ))
 
 
 def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,15 +61,46 @@ def add_webhook_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_webhook)
 
 
+OFFLINE_INPUT = """
+Reads every -f: a file, a directory (walked recursively for .yaml, .yml and .json files, like kubectl) or - for
+standard input; `kind: List` items (what `kubectl get isvc -A -o yaml` prints) are checked one by one. Objects
+gpuguard does not admit (other kinds or API versions, pods outside KServe predictors, gpuguard.io/skip) are listed as
+skipped, never as ok.
+
+Exit status: 0 every object would be admitted (skipped ones included), 1 the webhook would deny at least one, 2 an
+input or the policy cannot be used (unreadable, not YAML, empty, not a Kubernetes object).
+"""
+
+OFFLINE_COMMANDS = {
+    "mutate": (
+        "print the objects as the webhook would admit them (YAML)",
+        "Print each object as gpuguard's admission would leave it (a Pod as mutated; an InferenceService unchanged,"
+        " with what its pods will get), each under comments listing the changes, the warnings and, for an object"
+        " the webhook would deny, every problem: the same messages `validate` gives, from the same code.",
+        ["gpuguard mutate -f examples/inferenceservices.yaml",
+         "kubectl get isvc -A -o yaml | gpuguard mutate -f - --policy policy.yaml -o json"],
+    ),
+    "validate": (
+        "print each object's decision, problems and fixes; exit 1 if the webhook would deny any",
+        "Give each object's admission decision (ok, DENIED, WARN, AUDIT or skip) with its rule, and under it every"
+        " problem with its fix and every warning the webhook would give.",
+        ["gpuguard validate -f manifests/ -f extra.yaml --policy policy.yaml",
+         "gpuguard validate -f isvc.yaml -o json | jq '.items[] | select(.decision == \"denied\")'"],
+    ),
+}
+
+
 def add_offline_parsers(commands: Any) -> None:
-    for name, func, text in (
-        ("mutate", _mutate, "print the objects as the webhook would admit them (YAML)"),
-        ("validate", _validate, "print each violation and its fix; exit 1 if there is any"),
-    ):
-        parser = commands.add_parser(name, help=text)
-        parser.add_argument("-f", "--filename", required=True, help="YAML manifest (Pods, InferenceServices); - = stdin")
-        add_policy_argument(parser)
-        parser.add_argument("--namespace", default="default", help="namespace for objects that do not set one")
+    for name, func, output in (("mutate", _mutate, "yaml"), ("validate", _validate, "text")):
+        summary, description, examples = OFFLINE_COMMANDS[name]
+        parser = add_command(commands, name, summary=summary, description=f"{description}\n\n{OFFLINE_INPUT}",
+                             examples=examples)
+        parser.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-",
+                            help="manifest file, directory (recursive) or - for stdin; repeat for more")
+        add_policy_argument(parser, reloaded=False)
+        parser.add_argument("-n", "--namespace", default="default", help="namespace for objects that do not set one")
+        parser.add_argument("-o", "--output", choices=[output, "json"], default=output,
+                            help=f"{output} (default) or json: one entry per object and the counts, for tools")
         parser.set_defaults(func=func)
 
 

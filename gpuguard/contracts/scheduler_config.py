@@ -3,7 +3,7 @@
 The Helm chart runs a secondary kube-scheduler whose configuration names one profile (`gpuguard-scheduler`) and one
 extender entry pointing at the extender sidecar. kube-scheduler refuses to start on a configuration its own
 validation rejects, and a scheduler that does not start leaves every GPU pod Pending; this model applies the same
-rules (reference/domain.md 1.4, kube-scheduler's `validateExtenders`) so the chart's tests catch them first:
+rules (kube-scheduler's `validateExtenders`, pkg/scheduler/apis/config/validation) so the chart's tests catch them first:
 
 - an extender with a `prioritizeVerb` must have `weight > 0` ("must have a positive weight applied to it");
 - at most one extender may set `bindVerb` ("only one extender can implement bind");

@@ -1,4 +1,8 @@
-"""The demo's output: per pod, what the webhook changed, the decision, the node and why. Pure: returns text."""
+"""The demo's output: per pod, what the webhook changed, the decision, the node and why. Pure: returns text.
+
+Text is wrapped to the `Style`'s width (the terminal's, or a fixed width when piped) and coloured only when the style
+says so; padding is applied before colour, so the columns line up either way.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,11 @@ from collections.abc import Sequence
 
 from gpuguard.demo import cluster, pods
 from gpuguard.demo.flow import Trip
+from gpuguard.terminal import PLAIN, Role, Style
 
-WIDTH = 110
 
-
-def cluster_table() -> str:
-    lines = ["The cluster (a cluster-state file standing in for the API server):"]
+def cluster_table(style: Style = PLAIN) -> str:
+    lines = [style.paint("The cluster (a cluster-state file standing in for the API server):", "heading")]
     lines += [f"  {node.name:<11} {node.role}" for node in cluster.NODES]
     return "\n".join(lines)
 
@@ -28,19 +31,22 @@ LEGEND = ("Scores are the extender's 0..10 (kube-scheduler multiplies them by th
           "first (fewest devices of the kind left free, keeping big blocks whole), then the idlest GPUs within a fit.")
 
 
-def trips_table(trips: Sequence[Trip]) -> str:
+RESULT_ROLES: dict[str, Role] = {"scheduled": "good", "DENIED": "bad", "PENDING": "warn"}
+
+
+def trips_table(trips: Sequence[Trip], style: Style = PLAIN) -> str:
     stories = {p.name: p.story for p in pods.PODS}
     header = f"{'#':<2} {'InferenceService pod':<28} {'asked for':<28} {'result':<10} node"
-    lines = [*textwrap.wrap(LEGEND, WIDTH), "", header, "-" * WIDTH]
+    lines = [*textwrap.wrap(LEGEND, style.width), "", style.paint(header, "heading"), "-" * style.width]
     for number, trip in enumerate(trips, 1):
         result, node, why = _verdict(trip)
         lines.append(f"{number:<2} {trip.namespace + '/' + trip.name:<28} {stories.get(trip.name, ''):<28} "
-                     f"{result:<10} {node}")
-        lines += _indented("webhook added: " + (", ".join(trip.changes) or "nothing") + f"  [rule {trip.rule}]")
+                     f"{style.paint(f'{result:<10}', RESULT_ROLES[result])} {node}")
+        lines += _indented("webhook added: " + (", ".join(trip.changes) or "nothing") + f"  [rule {trip.rule}]", style)
         if trip.denied:
-            lines += _indented("validate: " + trip.denied.split(": ", 1)[-1])
+            lines += _indented("validate: " + trip.denied.split(": ", 1)[-1], style)
         else:
-            lines += _indented("why: " + why)
+            lines += _indented("why: " + why, style)
     return "\n".join(lines)
 
 
@@ -67,15 +73,15 @@ def _nothing(_: str) -> str:
     return ""
 
 
-def _indented(text: str) -> list[str]:
-    return textwrap.wrap(text, WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 8)
+def _indented(text: str, style: Style) -> list[str]:
+    return textwrap.wrap(text, style.width, initial_indent=" " * 6, subsequent_indent=" " * 8)
 
 
-def refusals(trips: Sequence[Trip]) -> str:
-    lines = ["Why nodes were refused by the extender's filter:"]
+def refusals(trips: Sequence[Trip], style: Style = PLAIN) -> str:
+    lines = [style.paint("Why nodes were refused by the extender's filter:", "heading")]
     for trip in trips:
         for name, reason in trip.refused.items():
-            lines += textwrap.wrap(f"{trip.name} x {name}: {reason}", WIDTH, initial_indent="  ",
+            lines += textwrap.wrap(f"{trip.name} x {name}: {reason}", style.width, initial_indent="  ",
                                    subsequent_indent="      ")
     return "\n".join(lines) if len(lines) > 1 else ""
 

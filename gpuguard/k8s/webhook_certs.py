@@ -2,7 +2,7 @@
 
 kube-apiserver trusts the webhook's serving certificate only through `clientConfig.caBundle` in the Mutating and
 Validating webhook configurations. Users of other webhooks keep hitting the two falling out of step after an
-upgrade or a renewal (reference/domain.md 7.2), so gpuguard keeps the CA and the serving certificate in one Secret
+upgrade or a renewal (kserve/kserve#1359, #3187), so gpuguard keeps the CA and the serving certificate in one Secret
 (`tls.crt`, `tls.key`, `ca.crt`, `ca.key`) that the webhook pods mount, and copies that Secret's `ca.crt` into
 every webhook of its configurations:
 

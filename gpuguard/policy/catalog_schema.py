@@ -43,6 +43,7 @@ class ProfileSpec(CatalogModel):
     """One GPU-instance profile: `{name: 1g.10gb, memorySlices: 1, maxCount: 7, starts: [0, 1, 2, 3, 4, 5, 6]}`."""
 
     name: ProfileName
+    """`<compute slices>g.<memory GB>gb`, with a suffix such as `+me` for variants (media extensions)."""
     memory_slices: Slices
     """Memory slices the instance takes (the MIG user guide's fraction of memory, times the model's slices)."""
     max_count: Slices
@@ -55,6 +56,7 @@ class ModelSpec(CatalogModel):
     """One MIG-capable GPU model and its profile table."""
 
     name: ModelName
+    """The model's name in messages (`A100-80GB`); an entry with a shipped model's name replaces it."""
     products: tuple[str, ...] = Field(min_length=1)
     """The `nvidia.com/gpu.product` labels GFD writes for this model (its NVML names, sanitised)."""
     device_ids: tuple[DeviceId, ...] = ()
@@ -62,7 +64,9 @@ class ModelSpec(CatalogModel):
     memory_gb: Annotated[int, Field(ge=1, le=4096)]
     """GB of the whole-GPU profile (`7g.80gb` -> 80); every profile's GB is its share of this."""
     compute_slices: Slices
+    """Compute slices of the whole GPU (7 on A100 and H100)."""
     memory_slices: Slices
+    """Memory slices of the whole GPU (8 on A100 and H100)."""
     placement_slots: Slices | None = None
     """Width of NVML's placement grid when it is not `memorySlices` (RTX PRO 6000: 12 units for 4 slices)."""
     source: str = ""
@@ -70,6 +74,7 @@ class ModelSpec(CatalogModel):
     unconfirmed: str = ""
     """Facts of this entry no upstream source confirms, and how they were derived."""
     profiles: tuple[ProfileSpec, ...] = Field(min_length=1)
+    """Every GPU-instance profile the model offers."""
 
     @model_validator(mode="after")
     def _geometry(self) -> ModelSpec:
@@ -129,6 +134,7 @@ class CatalogSpec(CatalogModel):
     """A list of model entries: the policy's `migCatalog`, and the body of the shipped file."""
 
     models: tuple[ModelSpec, ...] = ()
+    """GPU models, each with its profile table."""
 
     @model_validator(mode="after")
     def _unique(self) -> CatalogSpec:

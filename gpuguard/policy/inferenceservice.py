@@ -68,6 +68,10 @@ class Verdict:
     """What the predictor pods' admission will refuse."""
     warnings: tuple[str, ...]
     """Problems of pods gpuguard admits unjudged (transformer, explainer), for the user's information."""
+    changes: tuple[str, ...] = ()
+    """What the pods' mutation will add (`predictor pods get: limits nvidia.com/gpu=1 on kserve-container`)."""
+    mutation_warnings: tuple[str, ...] = ()
+    """What the pods' mutation will warn about (an ignored override annotation, a kept node selector)."""
 
 
 def predictor(isvc: JsonObject) -> JsonObject:
@@ -78,10 +82,14 @@ def judge(isvc: JsonObject, policy: Policy, *, namespace: str) -> Verdict:
     """What admission will decide for each pod of this InferenceService."""
     found: list[Problem] = []
     warnings: list[str] = []
+    changes: list[str] = []
+    mutation_warnings: list[str] = []
     rule, skip = DEFAULTS_RULE, False
     for built in component_pods(isvc):
         if built.admitted:
             admission = admit(built.pod, policy, namespace=namespace)
+            changes += [f"{built.component} pods get: {change}" for change in admission.plan.changes]
+            mutation_warnings += admission.plan.warnings
             if built.component == "predictor":
                 rule, skip = admission.view.effective.rule, admission.view.effective.skip
             found += [_renamed(p, built) for p in admission.problems]
@@ -92,7 +100,8 @@ def judge(isvc: JsonObject, policy: Policy, *, namespace: str) -> Verdict:
                     found.append(_renamed(problem, built))  # kube-apiserver refuses these pods itself
                 elif problem not in seen.effective.problems:
                     warnings.append(str(_renamed(problem, built)))
-    return Verdict(rule, skip, tuple(dict.fromkeys(found)), tuple(dict.fromkeys(warnings)))
+    return Verdict(rule, skip, tuple(dict.fromkeys(found)), tuple(dict.fromkeys(warnings)),
+                   tuple(changes), tuple(dict.fromkeys(mutation_warnings)))
 
 
 def _renamed(problem: Problem, built: ComponentPod) -> Problem:

@@ -4,25 +4,29 @@
 the same message wherever a policy is refused: `rules[1].gpu.migProfile: unknown MIG profile '1g.11gb'; known: ...`.
 Schema errors come from pydantic (the `migCatalog` entries included: they follow the schema of the shipped catalog
 file); rules that need the MIG catalog (profiles that exist, that a rule's product offers, that the limits allow) are
-checked here after the schema passes, against the policy's own catalog (`Policy.catalog`: the shipped one plus
-`migCatalog`). Pure: callers read files.
+checked here against the policy's own catalog (`Policy.catalog`: the shipped one plus `migCatalog`), on whatever part
+of the file passes the schema (`gpuguard.policy.pruning`), so one run reports both kinds. Each problem carries the
+line and column of its field (`gpuguard.policy.positions`). Pure: callers read files.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from gpuguard.policy import mig
+from gpuguard.policy import mig, schema
 from gpuguard.policy.catalog import MigCatalog, profile_size_gb
 from gpuguard.policy.model import GpuSpec, Limits, Policy
+from gpuguard.policy.positions import Positions, parse_path
+from gpuguard.policy.pruning import salvage
 from gpuguard.policy.quantity import quoted
+from gpuguard.policy.suggest import did_you_mean
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -31,9 +35,13 @@ PRODUCT_LABEL = "nvidia.com/gpu.product"
 class PolicyIssue:
     path: str
     message: str
+    line: int | None = None
+    """Where `path` is in the policy text, counted from 1; None when unknown."""
+    column: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{text} (line {self.line}, column {self.column})" if self.line is not None else text
 
 
 class PolicyError(ValueError):
@@ -45,7 +53,7 @@ class PolicyError(ValueError):
 
 
 def default_policy_text() -> str:
-    """The embedded default policy (DESIGN.md's v1 example), used when no --policy is given."""
+    """The embedded default policy (also `examples/policy.yaml`), used when no --policy is given."""
     return resources.files("gpuguard.policy").joinpath("default-policy.yaml").read_text(encoding="utf-8")
 
 
@@ -54,38 +62,52 @@ def default_policy() -> Policy:
 
 
 def parse_policy(text: str) -> Policy:
-    """Parse YAML (or JSON) policy text; raise `PolicyError` listing every problem."""
+    """Parse YAML (or JSON) policy text; raise `PolicyError` listing every problem, in the order of the text."""
     document = _load_yaml(text)
-    try:
-        policy = Policy.model_validate(document)
-    except ValidationError as error:
-        raise PolicyError([_issue_from_pydantic(detail) for detail in error.errors()]) from None
-    issues = list(semantic_issues(policy))
-    if issues:
-        raise PolicyError(issues)
-    return policy
+    loaded = salvage(document, Policy)
+    issues = [_issue_from_pydantic(detail) for detail in loaded.errors]
+    if loaded.model is not None:
+        for issue in semantic_issues(loaded.model):
+            path = loaded.relocate(issue.path, issue.message, path_of=format_path)
+            issues += [replace(issue, path=path)] if path is not None else []
+    if issues or loaded.model is None:
+        raise PolicyError(_located(text, issues))
+    return loaded.model
+
+
+def _located(text: str, issues: Sequence[PolicyIssue]) -> list[PolicyIssue]:
+    positions = Positions(text)
+    located = []
+    for issue in issues:
+        position = positions.of(parse_path(issue.path)) if issue.line is None else None
+        located.append(replace(issue, line=position[0], column=position[1]) if position else issue)
+    return sorted(located, key=lambda issue: (issue.line or 0, issue.column or 0))
 
 
 def _load_yaml(text: str) -> dict[str, Any]:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise PolicyError([PolicyIssue("", f"not valid YAML: {where}{problem}")]) from None
+        raise PolicyError([PolicyIssue("", yaml_error_text(error))]) from None
     if document is None:
-        raise PolicyError([PolicyIssue("", "the policy is empty; start from the example in the README")])
+        raise PolicyError([PolicyIssue("", "the policy is empty; start from examples/policy.yaml (docs/policy.md)")])
     if not isinstance(document, dict):
         raise PolicyError([PolicyIssue("", f"the policy must be a mapping, got {type(document).__name__}")])
     return document
+
+
+def yaml_error_text(error: yaml.YAMLError) -> str:
+    """`not valid YAML: line 3, column 7: mapping values are not allowed here`."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"not valid YAML: {where}{getattr(error, 'problem', None) or error}"
 
 
 def _issue_from_pydantic(detail: ErrorDetails) -> PolicyIssue:
     path = format_path(detail["loc"])
     kind = detail["type"]
     if kind == "extra_forbidden":
-        return PolicyIssue(path, "unknown field; check its spelling against the policy v1 schema in the README")
+        return PolicyIssue(path, unknown_key_message(detail["loc"]))
     if kind == "missing":
         return PolicyIssue(path, "required field is missing")
     if path == "apiVersion" and kind == "literal_error":
@@ -93,7 +115,28 @@ def _issue_from_pydantic(detail: ErrorDetails) -> PolicyIssue:
     message = detail["msg"].removeprefix("Value error, ")
     if kind not in ("value_error", "assertion_error"):
         message = f"{message} (got {detail['input']!r})"
+    if kind == "literal_error":
+        message += did_you_mean(detail["input"], schema.choices_at(detail["loc"]))
+    if kind == "string_pattern_mismatch":
+        message += _name_hint(detail["input"], str(detail.get("ctx", {}).get("pattern", "")))
     return PolicyIssue(path, message)
+
+
+def _name_hint(value: object, pattern: str) -> str:
+    """`"; did you mean 'small-models'?"` for a name the pattern refuses only for its case, spaces or symbols."""
+    if not isinstance(value, str) or not pattern:
+        return ""
+    candidate = re.sub(r"[^a-z0-9.]+", "-", value.lower()).strip("-.")
+    return f"; did you mean {candidate!r}?" if candidate != value and re.fullmatch(pattern, candidate) else ""
+
+
+def unknown_key_message(loc: Sequence[int | str]) -> str:
+    """`unknown field 'modes'; did you mean 'mode'?`, else the keys that section takes."""
+    key, known = str(loc[-1]), schema.keys_at(loc[:-1])
+    suggestion = did_you_mean(key, known)
+    if suggestion or not known:
+        return f"unknown field {key!r}{suggestion}"
+    return f"unknown field {key!r}; this section takes: {', '.join(known)} (docs/policy-reference.md)"
 
 
 def format_path(loc: Sequence[int | str]) -> str:
@@ -171,11 +214,17 @@ NEAREST = 5
 
 
 def unknown_profile_message(profile: str, catalog: MigCatalog = mig.BUILTIN) -> str:
-    """What to say about a profile no model in the catalog offers: the nearest known ones, and how to add a GPU."""
+    """What to say about a profile no model in the catalog offers: the one it probably meant, the nearest known ones,
+    and how to add a GPU."""
+    nearest = _nearest(profile, catalog)
+    if profile_size_gb(profile) is not None:
+        meant = f"; did you mean {nearest[0]!r}?" if nearest else "."
+    else:
+        meant = did_you_mean(profile, catalog.profile_names) or "."
     return (
-        f"unknown MIG profile {quoted(profile)}: no GPU model in gpuguard's catalog offers it; the nearest known "
-        f"profiles are {', '.join(_nearest(profile, catalog))}. For a GPU newer than this gpuguard, add its model "
-        "and profiles to the policy under migCatalog.models (see the README)"
+        f"unknown MIG profile {quoted(profile)}: no GPU model in gpuguard's catalog offers it{meant} The nearest known "
+        f"profiles are {', '.join(nearest)}. For a GPU newer than this gpuguard, add its model and profiles to the "
+        "policy under migCatalog.models (docs/policy.md)"
     )
 
 

@@ -76,10 +76,15 @@ class Toleration(PolicyModel):
     """A pod toleration, in the Kubernetes field names."""
 
     key: str = ""
+    """The taint key to tolerate; "" with operator Exists tolerates every taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists: any value of the key; Equal: only `value`."""
     value: str = ""
+    """The taint value, with operator Equal; must be empty with Exists."""
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+    """The taint effect to tolerate; "" means every effect."""
     toleration_seconds: int | None = None
+    """With effect NoExecute: how long the pod stays on a node after the taint appears; unset means forever."""
 
     @model_validator(mode="after")
     def _exists_has_no_value(self) -> Toleration:
@@ -103,20 +108,26 @@ class TritonMetrics(PolicyModel):
     """Prometheus scrape annotations for Triton model servers."""
 
     enabled: bool = True
+    """false: Triton pods get no scrape annotations."""
     port: int = Field(default=8002, ge=1, le=65535)
     """Triton's metrics port when the container does not pass --metrics-port (Triton's own default is 8002)."""
     path: str = Field(default="/metrics", pattern=r"^/")
+    """The HTTP path Prometheus scrapes."""
 
 
 class PodDefaults(PolicyModel):
     """What every in-scope predictor pod gets unless a rule says otherwise."""
 
     gpu: GpuSpec = GpuSpec(count=1)
+    """The GPU the model container gets when it asks for none itself."""
     tolerations: tuple[Toleration, ...] = ()
+    """Added to the pod where not already present (never duplicated)."""
     node_selector: dict[str, str] = Field(default_factory=dict)
+    """Entries added to spec.nodeSelector where the pod does not set that key."""
     scheduler_name: str = ""
     """`""` leaves spec.schedulerName untouched."""
     triton_metrics: TritonMetrics = TritonMetrics()
+    """Prometheus annotations for pods whose model container runs Triton."""
 
 
 class RuleMatch(PolicyModel):
@@ -125,6 +136,7 @@ class RuleMatch(PolicyModel):
     namespaces: tuple[str, ...] = ()
     """Namespace names or shell-style globs (`llm-*`)."""
     runtimes: tuple[Runtime, ...] = ()
+    """Model servers, as recognised from the model container's image, command and args."""
     labels: dict[str, str] = Field(default_factory=dict)
     """Pod labels that must all be present with these values."""
 
@@ -132,13 +144,20 @@ class RuleMatch(PolicyModel):
 class Rule(PolicyModel):
     """A named override of the defaults; the first matching rule wins and replaces each defaults key it sets."""
 
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=63)
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=63, examples=["llm"])
+    """Unique; recorded on admitted pods as `gpuguard.io/applied` and in the webhook's metrics."""
     match: RuleMatch = RuleMatch()
+    """Which objects the rule applies to; an empty match applies to all."""
     gpu: GpuSpec | None = None
+    """Replaces `defaults.gpu`."""
     tolerations: tuple[Toleration, ...] | None = None
+    """Replaces `defaults.tolerations` (the whole list)."""
     node_selector: dict[str, str] | None = None
+    """Replaces `defaults.nodeSelector` (the whole map)."""
     scheduler_name: str | None = None
+    """Replaces `defaults.schedulerName`."""
     triton_metrics: TritonMetrics | None = None
+    """Replaces `defaults.tritonMetrics`."""
 
 
 class Limits(PolicyModel):
@@ -149,6 +168,7 @@ class Limits(PolicyModel):
     allowed_mig_profiles: tuple[str, ...] = ()
     """Empty: any profile the catalog knows."""
     allow_time_slicing: bool = True
+    """false: time-sliced GPUs (`sharing`, `nvidia.com/gpu.shared`) are refused."""
     deny_privileged_gpu_pods: bool = True
     """A privileged container sees every GPU on the node whatever it requested."""
 
@@ -157,17 +177,27 @@ class LimitsOverride(PolicyModel):
     """Per-namespace replacement of individual limits; unset keys keep the global value."""
 
     max_gpus_per_pod: int | None = Field(default=None, ge=1)
+    """Replaces `limits.maxGpusPerPod` in this namespace."""
     allowed_mig_profiles: tuple[str, ...] | None = None
+    """Replaces `limits.allowedMigProfiles` in this namespace."""
     allow_time_slicing: bool | None = None
+    """Replaces `limits.allowTimeSlicing` in this namespace."""
     deny_privileged_gpu_pods: bool | None = None
+    """Replaces `limits.denyPrivilegedGpuPods` in this namespace."""
 
 
 class NamespaceOverride(PolicyModel):
+    """The mode and limits of the namespaces a `namespaces` key names (an exact name, or a glob such as `sandbox-*`)."""
+
     mode: Mode | None = None
+    """Replaces the top-level `mode` in these namespaces."""
     limits: LimitsOverride | None = None
+    """Individual limits replaced in these namespaces."""
 
 
 class Weights(PolicyModel):
+    """How the extender's prioritize score weighs packing against idleness."""
+
     mig_fit: float = Field(default=1.0, ge=0)
     """Weight of how well the request packs onto the node's free GPUs or MIG slots."""
     utilization: float = Field(default=1.0, ge=0)
@@ -175,7 +205,10 @@ class Weights(PolicyModel):
 
 
 class Scheduling(PolicyModel):
+    """How the scheduler extender filters and scores nodes."""
+
     weights: Weights = Weights()
+    """Relative weights of MIG/GPU fit and utilization in the node score."""
     max_gpu_utilization: float = Field(default=95, ge=0, le=100)
     """Percent; a node whose every candidate GPU is at or above this fails the filter."""
     metrics_max_age: Seconds = 120.0
@@ -186,19 +219,28 @@ class Scheduling(PolicyModel):
 
 
 class ConfigMapRef(PolicyModel):
+    """A ConfigMap by namespace and name."""
+
     namespace: str = "gpu-operator"
+    """The GPU Operator's namespace by default."""
     name: str = "gpuguard-time-slicing"
+    """The ConfigMap the device plugin is pointed at (GPU Operator: `devicePlugin.config.name`)."""
 
 
 class NodeLabelMatch(PolicyModel):
+    """Which nodes an entry applies to."""
+
     node_labels: dict[str, str] = Field(default_factory=dict)
+    """Node labels that must all be present with these values."""
 
 
 class TimeSlicingNodes(PolicyModel):
     """Nodes whose labels all match get `replicas` time-sliced shares of each GPU."""
 
     match: NodeLabelMatch
+    """The nodes, by label; the first entry that matches a node applies to it."""
     replicas: int
+    """Time-sliced shares per GPU, at least 2."""
 
     @field_validator("replicas")
     @classmethod
@@ -212,12 +254,16 @@ class TimeSlicingNodes(PolicyModel):
 
 
 class TimeSlicing(PolicyModel):
+    """Time-slicing of whole GPUs, which the node agent applies through the NVIDIA device plugin's config."""
+
     config_map: ConfigMapRef = ConfigMapRef()
     """The NVIDIA device plugin's config ConfigMap the agent writes named entries into."""
     rename_by_default: bool = False
     """true: shares are advertised as `nvidia.com/gpu.shared` instead of `nvidia.com/gpu`."""
     fail_requests_greater_than_one: bool = False
+    """true: the device plugin refuses a pod asking for more than one share (a share is not a whole GPU)."""
     nodes: tuple[TimeSlicingNodes, ...] = ()
+    """Which nodes are time-sliced, and how many ways."""
 
 
 class ExternallyManaged(PolicyModel):
@@ -237,6 +283,7 @@ class MigPool(PolicyModel):
     """One node pool whose MIG layouts follow demand: the nodes labelled `<dynamicMig.poolLabel>=<name>`."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", max_length=63)
+    """The value of the pool label on this pool's nodes."""
     layouts: tuple[str, ...] = Field(min_length=1)
     """`nvidia.com/mig.config` names this pool's nodes may be moved to (the MIG manager's config: the GPU Operator's
     default names such as all-1g.10gb, all-3g.40gb, all-balanced, or `migConfigs` below)."""
@@ -251,11 +298,13 @@ class DynamicMig(PolicyModel):
     """Demand-driven MIG layouts, applied through NVIDIA's MIG manager (`gpuguard mig-layouts`). Off by default."""
 
     enabled: bool = False
+    """true: `gpuguard mig-layouts` changes the pools' layouts; false: it only plans with --dry-run."""
     pool_label: str = "gpuguard.io/mig-pool"
     """The node label naming a node's pool; nodes without it are never changed."""
     interval: Seconds = 30.0
     """Seconds between planning rounds."""
     pools: tuple[MigPool, ...] = ()
+    """The node pools whose layouts follow demand, each with the layouts it may take."""
     mig_configs: dict[str, tuple[ConfigEntry, ...]] = Field(default_factory=dict)
     """Layouts of the MIG manager's configuration besides the GPU Operator's default ones (the same names and
     entries as its ConfigMap, keys in camelCase: deviceFilter, devices, migDevices), so the planner knows what each
@@ -279,23 +328,35 @@ class DynamicMig(PolicyModel):
 
 
 class Policy(PolicyModel):
+    """The policy file (the chart's ConfigMap key `policy.yaml`)."""
+
     api_version: Literal["gpuguard.io/v1"]
+    """The format version; a version this gpuguard does not read is an error."""
     kind: Literal["GpuPolicy"]
+    """Always `GpuPolicy`."""
     mode: Mode = "enforce"
+    """enforce: deny violations; warn: admit them with warnings; audit: admit, only log and count."""
     namespaces: dict[str, NamespaceOverride] = Field(default_factory=dict)
     """Per-namespace overrides; an exact name wins over globs, then globs are tried in file order."""
     defaults: PodDefaults = PodDefaults()
+    """What in-scope predictor pods get when no rule says otherwise."""
     rules: tuple[Rule, ...] = ()
+    """Tried in order; the first that matches replaces each defaults key it sets."""
     limits: Limits = Limits()
+    """What validation refuses."""
     user_overrides: tuple[UserOverride, ...] = ()
     """Which gpuguard.io/* annotations users may set; none unless the admin lists them."""
     scheduling: Scheduling = Scheduling()
+    """The scheduler extender's filter and scores."""
     time_slicing: TimeSlicing = TimeSlicing()
+    """Which nodes the agent time-slices."""
     gpu_resource_types: tuple[str, ...] = ()
     """Extended resources that are GPUs on this cluster besides the built-in NVIDIA, AMD, Intel and Gaudi names (like
     KServe's `customGPUResourceTypeList`); counted and judged as GPUs, one device each."""
     externally_managed: ExternallyManaged = ExternallyManaged()
+    """Pods whose GPUs another manager hands out (DRA, KAI-Scheduler, HAMi): what gpuguard adds to them and checks."""
     dynamic_mig: DynamicMig = DynamicMig()
+    """Demand-driven MIG layouts per node pool, applied through the MIG manager; off unless `enabled`."""
     mig_catalog: CatalogSpec | None = None
     """GPU models to add to gpuguard's MIG catalog, or to replace (same name), in the schema of its catalog file:
     for GPUs newer than this release. Their profiles become known to validation and their geometry to the extender."""

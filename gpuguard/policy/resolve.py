@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from difflib import get_close_matches
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -30,6 +29,7 @@ from gpuguard.policy.model import (
 )
 from gpuguard.policy.quantity import quoted, whole_number
 from gpuguard.policy.runtime import Runtime
+from gpuguard.policy.suggest import close_matches
 
 ANNOTATION_PREFIX = "gpuguard.io/"
 APPLIED_ANNOTATION = "gpuguard.io/applied"
@@ -189,7 +189,7 @@ def _unknown_annotation_notes(annotations: Mapping[str, Any]) -> list[str]:
     notes = []
     for key in annotations:
         if key.startswith(ANNOTATION_PREFIX) and key not in KNOWN_ANNOTATIONS:
-            close = get_close_matches(key, sorted(KNOWN_ANNOTATIONS), n=1, cutoff=0.6)
+            close = close_matches(key, sorted(KNOWN_ANNOTATIONS))
             hint = f"; did you mean {close[0]}?" if close else f"; gpuguard reads {', '.join(sorted(KNOWN_ANNOTATIONS))}"
             notes.append(f"annotation {quoted(key)} is not one gpuguard reads and was ignored{hint}")
     return notes

@@ -8,16 +8,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gpuguard.cli_support import add_command
+
 HELP = "replay a pod trace: gpuguard's scoring vs the default scheduler's vs an offline best fit"
-EPILOG = """examples:
-  gpuguard simulate --nodes 200 --pods 8000
-  gpuguard simulate --json | jq '.schedulers.gpuguard'
-  gpuguard simulate --dynamic-mig --trace mig --layout-delay 120"""
+EXAMPLES = ["gpuguard simulate", "gpuguard simulate --nodes 200 --pods 10000 --seed 7",
+            "gpuguard simulate --json | jq '.schedulers.gpuguard'",
+            "gpuguard simulate --dynamic-mig --trace mig --layout-delay 120"]
+
+
+DESCRIPTION = """
+Generate a cluster of GPU nodes (whole GPUs, MIG GPUs, time-sliced T4s) and a trace of inference pods arriving and
+leaving, then place the same trace three ways: with the extender's own filter and scores, as kube-scheduler does
+without gpuguard (resource fit, then LeastAllocated), and with an offline best fit, and print how each did. The same
+seed gives the same cluster, trace and results. Every measure is printed for every scheduler, with which way is
+better, and the measures gpuguard does worse on are named.
+
+With --dynamic-mig, pods wait while Pending (unschedulable only after --patience) and a fourth replay lets the
+dynamic-MIG planner change MIG nodes' layouts (each change keeping the node's GPUs out of use for --layout-delay).
+"""
 
 
 def add_simulate_parser(commands: Any) -> None:
-    parser = commands.add_parser("simulate", help=HELP, description=HELP, epilog=EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add_command(commands, "simulate", summary=HELP, description=DESCRIPTION, examples=EXAMPLES)
     parser.add_argument("--nodes", type=int, default=60, help="cluster size (default 60)")
     parser.add_argument("--pods", type=int, default=3000, help="pods in the trace (default 3000)")
     parser.add_argument("--seed", type=int, default=1, help="trace and cluster seed (default 1)")

@@ -1,6 +1,6 @@
 """From a Node object to its GPU state: allocatable, GFD labels and the node agent's inventory annotation.
 
-Allocatable is the truth about what exists (GFD's labels once disagreed with resource names, domain.md 2.3); the
+Allocatable is the truth about what exists (GFD's labels once disagreed with resource names); the
 labels give the product, the MIG strategy and the physical GPU count; the annotation, when present and valid, gives
 MIG placements (start, size, busy), GPU UUIDs and utilization. Every MIG fact goes through the GPU's own model in the
 catalog in force (the policy's, `Policy.catalog`): reported placements that follow the model's geometry use it; those

@@ -8,7 +8,7 @@ resolved through the catalog of the policy in force (`use_catalog`): when a relo
 models, every node's facts are rebuilt from what they keep, before the next decision reads them.
 
 Nothing here reserves capacity: without a bind verb the scheduler may bind elsewhere, and reservations would go stale
-(domain.md 7.3). Capacity is released the moment the pod's deletion or termination is seen. Single-threaded: sources
+(Project-HAMi/HAMi#2923). Capacity is released the moment the pod's deletion or termination is seen. Single-threaded: sources
 deliver changes on the event loop.
 """
 

@@ -10,7 +10,7 @@ from gpuguard.policy.mig import model_named
 from node_agent.mig_naming import PROFILE_SUFFIXES, memory_gb, profile_name
 
 # (GPU memory as NVML reports it, GPU-instance memory as NVML reports it, compute slices, NVML profile enum) -> name.
-# Instance sizes are the `nvidia-smi mig -lgip` figures (reference/domain.md section 3).
+# Instance sizes are the `nvidia-smi mig -lgip` figures (NVIDIA's MIG user guide, supported profiles).
 CASES = [
     (81559, 9984, 1, 0, "1g.10gb"),  # H100 80GB HBM3
     (81559, 9984, 1, 7, "1g.10gb+me"),  # _1_SLICE_REV1

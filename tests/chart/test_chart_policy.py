@@ -1,4 +1,4 @@
-"""The policy ConfigMap: DESIGN.md's example by default, valid in every scenario, and reloadable without restarts."""
+"""The policy ConfigMap: the documented example by default, valid in every scenario, and reloadable without restarts."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def policy_text(rendered: Rendered) -> str:
     return str(rendered.get("ConfigMap", POLICY_CONFIGMAP)["data"]["policy.yaml"])
 
 
-def test_the_default_policy_is_designs_example_line_for_line() -> None:
+def test_the_default_policy_is_the_documented_example_line_for_line() -> None:
     lines = DEFAULT_POLICY_FILE.read_text().splitlines()
-    assert lines[0].startswith("#"), "default-policy.yaml opens with one comment line, then DESIGN.md's example"
+    assert lines[0].startswith("#"), "default-policy.yaml opens with one comment line, then the documented example"
     assert load_values()["policy"].splitlines() == lines[1:]
     assert parse_policy(load_values()["policy"]) == default_policy()
 

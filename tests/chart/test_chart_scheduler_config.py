@@ -1,4 +1,4 @@
-"""The KubeSchedulerConfiguration model refuses what kube-scheduler refuses (domain.md 1.4) and ignores the rest."""
+"""The KubeSchedulerConfiguration model refuses what kube-scheduler refuses (its `validateExtenders`) and ignores the rest."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The webhook can never block the cluster, and its caBundle always comes from one source (domain.md 7.1, 7.2).
+"""The webhook can never block the cluster, and its caBundle always comes from one source.
 
 The selectors are checked by behaviour: a small label-selector evaluator asks which namespaces and pods the API
 server would send to the webhook, for every scenario.

@@ -5,10 +5,17 @@ HTTP, with a cluster-state file for an API server and, in one variant, a real Pr
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import pty
+import re
+import select
 import shutil
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +107,46 @@ def test_gpuguard_demo_runs_as_a_command_and_points_to_the_helm_install(tmp_path
     assert "DENIED" in result.stdout
     assert "processes stopped cleanly" in result.stdout
     assert "helm install gpuguard charts/gpuguard" in result.stdout
+    assert "\x1b[" not in result.stdout, "piped output is plain"
+    assert max(len(line) for line in result.stdout.splitlines()) <= 110
+
+
+def _in_a_terminal(args: list[str], *, columns: int, env: dict[str, str]) -> str:
+    """Run a command with a real pseudo-terminal `columns` wide as its stdout, and return what it printed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    process = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if not ready:
+            if process.poll() is not None:
+                break
+            continue
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert process.wait(timeout=30) == 0
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def test_on_a_terminal_the_demo_uses_its_width_and_colour(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS")}
+    output = _in_a_terminal([sys.executable, "-m", "gpuguard", "demo", "--no-prometheus", "--workdir", str(tmp_path)],
+                            columns=160, env={**env, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color"})
+    assert "\x1b[1;31mDENIED" in output, "a refusal is red"
+    assert "\x1b[32mscheduled" in output
+    widths = [len(ANSI.sub("", line)) for line in output.splitlines()]
+    assert max(widths) <= 160
+    assert "-" * 160 in output, "the table rule spans the terminal"
+    assert any(110 < width for width in widths), "text wraps at the terminal's width, not at a fixed one"

@@ -1,5 +1,5 @@
 {{/*
-What every gpuguard webhook entry shares. The webhook must never be able to block the cluster (domain.md 7.1): it
+What every gpuguard webhook entry shares. The webhook must never be able to block the cluster (kserve/kserve#480, #688): it
 never sees kube-system, its own namespace (so it cannot block its own replacement pods), or a namespace or object
 labelled gpuguard.io/webhook=ignore, and only pods that KServe made for an InferenceService.
 */}}
