@@ -8,7 +8,7 @@ from gpuguard.policy import mig
 from gpuguard.policy.gpustate import GpuRequest
 from gpuguard.policy.loading import default_policy
 from gpuguard.simulate.dynamic import DYNAMIC, Dynamics, replay_waiting
-from gpuguard.simulate.engine import pickers
+from gpuguard.simulate.engine import Picker, pickers
 from gpuguard.simulate.model import H100, SimCluster, SimPod, build_cluster, build_mig_trace, named_mig_node
 from gpuguard.simulate.report import DYNAMIC_MEASURES, MEASURES
 from tests.simulate.test_simulate import simulate
@@ -23,7 +23,7 @@ def one_node(config: str) -> SimCluster:
     return SimCluster((named_mig_node("m", H100, config),), {}, {}, {"m": config})
 
 
-def gpuguard(cluster: SimCluster):  # type: ignore[no-untyped-def]
+def gpuguard(cluster: SimCluster) -> Picker:
     return pickers(cluster, default_policy().scheduling)["gpuguard"]
 
 
