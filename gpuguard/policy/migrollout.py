@@ -14,6 +14,7 @@ reboot, then `success` or `failed`). Per node:
                                the taint, annotate the name that failed: `failed` (then it is a rollback in progress)
     rolling back, state success -> remove the taint and the annotations: `rolled-back`
     rolling back, state failed  -> keep the taint, stop acting on the node (an admin must look): `stuck`
+    changing, state failed, no previous name (the node had no nvidia.com/mig.config) -> `failed`, and stuck at once
 
 Everything the protocol needs to resume after a restart is on the node itself (the annotations), so the component
 that drives it keeps no state of its own.
@@ -139,8 +140,11 @@ def progress(view: NodeView) -> Step | None:
         return Step(view.name, "applied", {}, {PREVIOUS: None}, _without_taint(view), view.version)
     if state == "failed":
         previous = view.annotations.get(PREVIOUS) or None
+        if previous is None:  # no name to go back to: the GPUs' layout is unknown, so an admin must look
+            return Step(view.name, "failed", {}, {FAILED: view.config, PREVIOUS: None, STUCK: view.config}, None,
+                        view.version)
         return Step(view.name, "failed", {CONFIG_LABEL: previous, STATE_LABEL: None},
-                    {FAILED: view.config, PREVIOUS: None}, _with_taint(view, previous or "disabled"), view.version)
+                    {FAILED: view.config, PREVIOUS: None}, _with_taint(view, previous), view.version)
     return _keep_cordon(view)
 
 

@@ -192,3 +192,16 @@ def test_the_command_prints_the_plan_in_a_dry_run_and_does_nothing_when_disabled
 def test_a_pool_layout_the_mig_manager_does_not_know_is_refused_with_the_field_and_a_suggestion() -> None:
     with pytest.raises(Exception, match=r"pools\[0\] \(serving\): layout 'all-3g.40gbb'.*did you mean all-3g.40gb"):
         policy(DYNAMIC.replace("all-3g.40gb,", "all-3g.40gbb,"))
+
+
+def test_a_failed_change_with_no_layout_to_go_back_to_stays_cordoned_for_an_admin(cluster: Any) -> None:
+    server, api = cluster
+    del server.nodes["gpu-a"]["metadata"]["labels"][CONFIG_LABEL]
+    registry = CollectorRegistry()
+    metrics = LayoutMetrics(registry)
+    run_round(api, policy(), now=1000.0, metrics=metrics)
+    assert annotations(server)[PREVIOUS] == ""
+    mig_manager_reports(server, "failed")
+    run_round(api, policy(), now=1030.0, metrics=metrics)
+    assert annotations(server)[STUCK] == "all-3g.40gb" and our_taints(server)
+    assert changes(registry, "failed") == 1
