@@ -20,6 +20,7 @@ from gpuguard.simulate.cli import add_simulate_parser
 from gpuguard.policy_cli import add_policy_parser
 from node_agent.cli import add_agent_parser
 from scheduler_ext.cli import add_extender_parser
+from scheduler_ext.miglayouts import add_mig_layouts_parser
 from webhook.cli import add_offline_parsers, add_webhook_parser
 
 DESCRIPTION = """
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_webhook_parser(commands)
     add_offline_parsers(commands)
     add_extender_parser(commands)
+    add_mig_layouts_parser(commands)
     add_policy_parser(commands)
     add_dra_parser(commands)
     add_certs_parser(commands)

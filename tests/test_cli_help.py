@@ -29,7 +29,7 @@ LEAVES = dict(commands(build_parser()))
 def test_every_command_is_found() -> None:
     assert {" ".join(path) for path in LEAVES} == {
         "webhook", "mutate", "validate", "extender", "policy check", "policy schema", "certs ensure", "certs check",
-        "agent", "demo", "simulate", "dra templates",
+        "agent", "demo", "simulate", "dra templates", "mig-layouts",
     }
 
 

@@ -98,6 +98,21 @@ class KubernetesNodes:
         self._request(f"patch node {name}", "PATCH", _NODE, {"name": name},
                       body=metadata_patch(labels, annotations), content_type=_MERGE_PATCH)
 
+    def list_nodes(self, *, label_selector: str = "") -> list[JsonDict]:
+        """Every Node matching the selector (one unpaged LIST)."""
+        query = [("labelSelector", label_selector)] if label_selector else []
+        return list(self._request("list nodes", "GET", "/api/v1/nodes", {}, query=query).get("items") or [])
+
+    def list_pods(self, *, field_selector: str = "") -> list[JsonDict]:
+        """Every Pod in every namespace matching the field selector (one unpaged LIST)."""
+        query = [("fieldSelector", field_selector)] if field_selector else []
+        return list(self._request("list pods", "GET", "/api/v1/pods", {}, query=query).get("items") or [])
+
+    def patch_node(self, name: str, patch: JsonDict) -> None:
+        """A JSON merge patch of the Node (labels, annotations, spec.taints); `Conflict` when it carries a
+        metadata.resourceVersion that is no longer current."""
+        self._request(f"patch node {name}", "PATCH", _NODE, {"name": name}, body=patch, content_type=_MERGE_PATCH)
+
     def read_config_map(self, namespace: str, name: str) -> JsonDict | None:
         try:
             return self._request(f"read ConfigMap {namespace}/{name}", "GET", _CONFIG_MAP,
@@ -117,10 +132,11 @@ class KubernetesNodes:
 
     def _request(
         self, operation: str, method: str, path: str, path_params: dict[str, str], *, body: JsonDict | None = None,
-        content_type: str = "application/json",
+        content_type: str = "application/json", query: list[tuple[str, str]] | None = None,
     ) -> JsonDict:
         request = self._api.param_serialize(
             method=method, resource_path=path, path_params=path_params, body=body, auth_settings=["BearerToken"],
+            query_params=query or [],
             header_params={"Accept": "application/json", "Content-Type": content_type},
         )
         response = _call(operation, lambda: self._api.call_api(*request, _request_timeout=REQUEST_TIMEOUT))

@@ -8,6 +8,7 @@ reported with its exact field path. Pure: no I/O.
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Literal
 
@@ -17,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from gpuguard.policy import mig
 from gpuguard.policy.catalog import MigCatalog
 from gpuguard.policy.catalog_schema import CatalogSpec
+from gpuguard.policy.migconfig import ConfigEntry, merged
 from gpuguard.policy.runtime import Runtime
 from gpuguard.policy.workload import LlmRole, NodeRole, WorkloadKind
 
@@ -330,6 +332,54 @@ class ExternallyManaged(PolicyModel):
     privileged containers and GPUs reached without a request, leaving counts to the other scheduler."""
 
 
+class MigPool(PolicyModel):
+    """One node pool whose MIG layouts follow demand: the nodes labelled `<dynamicMig.poolLabel>=<name>`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", max_length=63)
+    """The value of the pool label on this pool's nodes."""
+    layouts: tuple[str, ...] = Field(min_length=1)
+    """`nvidia.com/mig.config` names this pool's nodes may be moved to (the MIG manager's config: the GPU Operator's
+    default names such as all-1g.10gb, all-3g.40gb, all-balanced, or `migConfigs` below)."""
+    minimum: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    """Per layout name: nodes of the pool that always stay in it."""
+    cooldown: Seconds = 600.0
+    """Seconds (written 10m) after a node's layout change before it may change again; a change drains the node's
+    GPU operands, so flapping costs minutes of capacity each time."""
+
+
+class DynamicMig(PolicyModel):
+    """Demand-driven MIG layouts, applied through NVIDIA's MIG manager (`gpuguard mig-layouts`). Off by default."""
+
+    enabled: bool = False
+    """true: `gpuguard mig-layouts` changes the pools' layouts; false: it only plans with --dry-run."""
+    pool_label: str = "gpuguard.io/mig-pool"
+    """The node label naming a node's pool; nodes without it are never changed."""
+    interval: Seconds = 30.0
+    """Seconds between planning rounds."""
+    pools: tuple[MigPool, ...] = ()
+    """The node pools whose layouts follow demand, each with the layouts it may take."""
+    mig_configs: dict[str, tuple[ConfigEntry, ...]] = Field(default_factory=dict)
+    """Layouts of the MIG manager's configuration besides the GPU Operator's default ones (the same names and
+    entries as its ConfigMap, keys in camelCase: deviceFilter, devices, migDevices), so the planner knows what each
+    one makes of a GPU."""
+
+    @model_validator(mode="after")
+    def _known_layouts(self) -> DynamicMig:
+        known = merged(self.mig_configs)
+        for i, pool in enumerate(self.pools):
+            for name in (*pool.layouts, *pool.minimum):
+                if name not in known:
+                    close = difflib.get_close_matches(name, list(known), n=1)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    raise ValueError(f"pools[{i}] ({pool.name}): layout {name!r} is not in the MIG manager's "
+                                     f"default config nor in dynamicMig.migConfigs{hint}; add it to migConfigs "
+                                     "with the entries your MIG manager's ConfigMap gives it")
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        return self
+
+
 class Policy(PolicyModel):
     """The policy file (the chart's ConfigMap key `policy.yaml`)."""
 
@@ -360,6 +410,8 @@ class Policy(PolicyModel):
     """Pods whose GPUs another manager hands out (DRA, KAI-Scheduler, HAMi): what gpuguard adds to them and checks."""
     dra: Dra = Dra()
     """How `allocation: dra` GPUs become ResourceClaims: DeviceClass names, the claim name, the template prefix."""
+    dynamic_mig: DynamicMig = DynamicMig()
+    """Demand-driven MIG layouts per node pool, applied through the MIG manager; off unless `enabled`."""
     mig_catalog: CatalogSpec | None = None
     """GPU models to add to gpuguard's MIG catalog, or to replace (same name), in the schema of its catalog file:
     for GPUs newer than this release. Their profiles become known to validation and their geometry to the extender."""

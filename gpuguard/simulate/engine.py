@@ -45,7 +45,17 @@ class Outcome:
     """At the same moment: memory slots (1/8 GPU each) of free MIG instances on GPUs that already hold one."""
     whole_gpus_placed: int = 0
     """GPUs taken by the whole-GPU (LLM) pods placed, over the whole trace."""
+    placed_by_kind: dict[str, int] = field(default_factory=dict)
+    """Pods placed over the trace per kind: `1-GPU` ... `8-GPU` for the whole-GPU pods, `mig`, `dev`."""
     placed_on_busy: list[float] = field(default_factory=list)
+    waits: bool = False
+    """Pods waited (up to a patience) instead of being dropped on arrival; the MIG fields below are then counted."""
+    mig_placed_before_first_failure: int = 0
+    """MIG pods placed before the first MIG pod went unschedulable."""
+    mig_placed: int = 0
+    mig_pending_total: float = 0.0
+    """Seconds the placed MIG pods spent Pending, summed."""
+    layout_changes: int = 0
     """Background utilization of each node a whole-GPU pod went to, one entry per GPU it took."""
     groups: int = 0
     """Multi-node groups in the trace."""
@@ -53,6 +63,10 @@ class Outcome:
     """Groups all of whose pods were placed."""
     groups_split: int = 0
     """Groups placed whole whose pods ended up in more than one NVLink clique."""
+
+    @property
+    def mean_mig_pending(self) -> float:
+        return self.mig_pending_total / self.mig_placed if self.mig_placed else 0.0
 
     @property
     def mean_utilization_of_used(self) -> float:
@@ -134,6 +148,8 @@ def replay(cluster: SimCluster, trace: Sequence[SimPod], name: str, picker: Pick
             held[pod.index] = (chosen.name, binding.slices)
             heapq.heappush(departures, (pod.arrival + pod.lifetime, pod.index))
             outcome.placed += 1
+            kind = f"{pod.gpus}-GPU" if pod.kind == "llm" else pod.kind
+            outcome.placed_by_kind[kind] = outcome.placed_by_kind.get(kind, 0) + 1
             if not first_failure_seen:
                 outcome.placed_before_first_failure += 1
             if pod.kind == "llm":

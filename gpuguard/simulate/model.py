@@ -22,11 +22,13 @@ each, per product; a group whose pods end up in more than one clique is split.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpuguard.policy import mig
 from gpuguard.policy.catalog import GpuModel
+from gpuguard.policy.migconfig import DEFAULT_CONFIGS, ConfigEntry, gpu_layouts
 from gpuguard.policy.gpustate import (
     GpuRequest,
     GpuSample,
@@ -60,6 +62,14 @@ MIG_POOLS = {
     H100: ("1g.10gb", {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1}, {"1g.10gb": 30, "2g.20gb": 10, "3g.40gb": 5}),
     B200: ("1g.23gb", {"1g.23gb": 2, "2g.45gb": 1, "3g.90gb": 1}, {"1g.23gb": 30, "2g.45gb": 10, "3g.90gb": 5}),
 }
+MIG_CONFIGS = {
+    # product: the GPU Operator's default mig-parted names (gpuguard/policy/mig-parted-config.yaml) per start kind
+    H100: {"all-1g": "all-1g.10gb", "all-2g": "all-2g.20gb", "all-3g": "all-3g.40gb", "all-balanced": "all-balanced"},
+    B200: {"all-1g": "all-1g.23gb", "all-2g": "all-2g.45gb", "all-3g": "all-3g.90gb", "all-balanced": "all-balanced"},
+}
+MIG_STARTS = ("mixed", "all-1g", "all-2g", "all-3g", "all-balanced")
+"""Named starting layouts for the MIG nodes (`build_cluster(mig_start=...)`): one mig-parted name per node, as the
+MIG manager applies them; `mixed` alternates all-1g and all-balanced nodes."""
 MIG_SHARE = {H100: 0.6, B200: 0.4}
 """Of the MIG pods, the share for each pool (its share of the MIG nodes)."""
 MIG_CHOICES = tuple((product, profile) for product, pool in MIG_POOLS.items() for profile in pool[2])
@@ -90,6 +100,8 @@ class SimCluster:
     """Mean background utilization of each whole-GPU node (percent)."""
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
     """Each node's GPU product and, for whole-GPU nodes, NVLink clique label."""
+    mig_configs: dict[str, str] = field(default_factory=dict)
+    """Each MIG node's `nvidia.com/mig.config` when it was built from a named layout."""
 
 
 def node_counts(nodes: int) -> dict[str, int]:
@@ -98,16 +110,25 @@ def node_counts(nodes: int) -> dict[str, int]:
     return counts
 
 
-def build_cluster(nodes: int, seed: int) -> SimCluster:
+def build_cluster(nodes: int, seed: int, *, mig_start: str | None = None) -> SimCluster:
+    """`mig_start` None: each MIG node has half its GPUs all-1g, half all-balanced (a custom layout); else every MIG
+    node takes one name of the default mig-parted config (`MIG_STARTS`), recorded in `SimCluster.mig_configs`."""
     rnd = random.Random(f"cluster-{seed}")
     states: list[NodeGpuState] = []
     utilization: dict[str, NodeUtilization] = {}
     background: dict[str, float] = {}
     labels: dict[str, dict[str, str]] = {}
+    configs: dict[str, str] = {}
     for kind, count in node_counts(nodes).items():
         for i in range(count):
             name = f"{kind}-{i:03d}"
-            states.append(_node(kind, name))
+            if kind.endswith("-mig") and mig_start is not None:
+                product = H100 if kind == "h100-mig" else B200
+                start = mig_start if mig_start != "mixed" else ("all-1g", "all-balanced")[i % 2]
+                configs[name] = MIG_CONFIGS[product][start]
+                states.append(named_mig_node(name, product, configs[name]))
+            else:
+                states.append(_node(kind, name))
             labels[name] = {PRODUCT: states[-1].product}
             if kind in ("h100", "a100"):
                 labels[name][CLIQUE] = f"{kind}-clique-{i // CLIQUE_SIZE}"
@@ -118,7 +139,7 @@ def build_cluster(nodes: int, seed: int) -> SimCluster:
                                 for g in range(gpus))
                 utilization[name] = NodeUtilization(samples)
                 background[name] = sum(s.percent for s in samples) / gpus
-    return SimCluster(tuple(states), utilization, background, labels)
+    return SimCluster(tuple(states), utilization, background, labels=labels, mig_configs=configs)
 
 
 def _node(kind: str, name: str) -> NodeGpuState:
@@ -145,7 +166,34 @@ def _mig_node(name: str, product: str) -> NodeGpuState:
     return NodeGpuState(name, product, allocatable, {}, mig_gpus=gpus, physical_gpus=8)
 
 
-def _layout(model: GpuModel, counts: dict[str, int]) -> tuple[MigSlice, ...]:
+def named_mig_node(name: str, product: str, config: str,
+                   configs: Mapping[str, tuple[ConfigEntry, ...]] = DEFAULT_CONFIGS) -> NodeGpuState:
+    """A MIG node of 8 GPUs, each as the MIG manager lays it out for mig-parted name `config`."""
+    model = mig.model_for_product(product)
+    assert model is not None
+    counts = gpu_layouts(config, model, 8, configs)
+    assert counts is not None, f"{config} does not apply to {model.name}"
+    return mig_node_of(name, product, [_layout(model, c) for c in counts])
+
+
+def mig_node_of(name: str, product: str, layouts: Sequence[tuple[MigSlice, ...]],
+                held: Sequence[tuple[bool, ...]] | None = None) -> NodeGpuState:
+    """A MIG node with these instances per GPU (`held`: which of them pods hold; none when not given)."""
+    model = mig.model_for_product(product)
+    assert model is not None
+    gpus = tuple(catalog_gpu(model, i, f"{name}/{i}", slices) for i, slices in enumerate(layouts))
+    flags = tuple(held) if held is not None else tuple((False,) * len(g.slices) for g in gpus)
+    allocatable: dict[str, int] = {}
+    used: dict[str, int] = {}
+    for gpu, on in zip(gpus, flags, strict=True):
+        for piece, h in zip(gpu.slices, on, strict=True):
+            resource = mig.mig_resource_name(piece.profile)
+            allocatable[resource] = allocatable.get(resource, 0) + 1
+            used[resource] = used.get(resource, 0) + h
+    return NodeGpuState(name, product, allocatable, used, mig_gpus=gpus, physical_gpus=len(gpus), held=flags)
+
+
+def _layout(model: GpuModel, counts: Mapping[str, int]) -> tuple[MigSlice, ...]:
     placed = place_instances(model, counts)
     assert placed is not None, f"{counts} does not fit one {model.name}"
     return placed
@@ -202,3 +250,40 @@ def admitted_pod(limits: dict[str, int], selector: dict[str, str], expressions: 
         spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": expressions}]}}}
     return {"apiVersion": "v1", "kind": "Pod", "spec": spec}
+
+
+def offered_whole_load(cluster: SimCluster, trace: Sequence[SimPod]) -> float:
+    """GPU-seconds the whole-GPU pods ask for over the trace, per GPU-second of the whole-GPU nodes (1.0: exactly
+    full if packing were perfect and nothing waited; above 1 some pods cannot be placed whatever the scheduler)."""
+    gpus = sum(s.allocatable.get(GPU, 0) for s in cluster.states if s.product in (H100, A100) and not s.mig_gpus)
+    span = trace[-1].arrival if trace else 0.0
+    asked = sum(p.gpus * p.lifetime for p in trace if p.kind == "llm")
+    return asked / (gpus * span) if gpus and span else 0.0
+
+
+MIG_PHASES = ((80, 15, 5), (10, 15, 75), (15, 75, 10), (45, 30, 25))
+"""The mixed MIG trace's profile weights (smallest, middle, largest profile of each pool) in its four phases."""
+MIG_SLOTS = {"1g": 1, "2g": 2, "3g": 4}
+"""Memory slots of each profile size on the 8-slot H100 and B200 grids (the catalog's memorySlices)."""
+
+
+def build_mig_trace(pods: int, seed: int, *, nodes: int, lifetime: float = 900.0, load: float = 1.0
+                    ) -> tuple[SimPod, ...]:
+    """A trace of MIG pods only whose profile mix drifts: four equal phases (`MIG_PHASES`), 60 % of the pods on the
+    H100 pool and 40 % on B200 (their shares of the MIG nodes). Arrivals are paced so that the pods ask, on average
+    over the phases, for `load` times the instances an all-1g layout of every MIG GPU would offer."""
+    rnd = random.Random(f"mig-trace-{seed}")
+    counts = node_counts(nodes)
+    gpus = 8 * (counts["h100-mig"] + counts["b200-mig"])
+    mean_slots = sum(sum(w * s for w, s in zip(p, MIG_SLOTS.values(), strict=True)) / sum(p) for p in MIG_PHASES)
+    rate = load * gpus * 7 / (mean_slots / len(MIG_PHASES) * lifetime)
+    now = 0.0
+    trace: list[SimPod] = []
+    for index in range(pods):
+        now += rnd.expovariate(rate)
+        weights = MIG_PHASES[min(index * len(MIG_PHASES) // pods, len(MIG_PHASES) - 1)]
+        product = H100 if rnd.random() < MIG_SHARE[H100] else B200
+        profile = rnd.choices(tuple(MIG_POOLS[product][2]), weights)[0]
+        request = gpu_request(admitted_pod({mig.mig_resource_name(profile): 1}, {PRODUCT: product}, []))
+        trace.append(SimPod(index, "mig", request, now, rnd.expovariate(1.0 / lifetime)))
+    return tuple(trace)

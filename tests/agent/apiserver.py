@@ -1,9 +1,11 @@
-"""A small stand-in for kube-apiserver: the node and ConfigMap endpoints the agent uses, over real HTTP.
+"""A small stand-in for kube-apiserver: the node, pod and ConfigMap endpoints the agent and `gpuguard mig-layouts` use,
+over real HTTP.
 
 No API server can be installed here, so the official Kubernetes client is pointed at this one through a kubeconfig.
 It keeps objects in memory, applies JSON merge patches (RFC 7386) to nodes, checks `resourceVersion` on ConfigMap
 replaces like the real server (409 Conflict), answers errors as metav1.Status, records every request, and can be
-told to fail the next requests with a given status.
+told to fail the next requests with a given status. Node and Pod lists honour a `labelSelector` of `key` or `key=value`
+terms (comma-separated, all must hold) and ignore field selectors.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import copy
 import json
 import re
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 JsonDict = dict[str, Any]
 
 NODE = re.compile(r"^/api/v1/nodes/([^/?]+)$")
+LISTS = {"/api/v1/nodes": "nodes", "/api/v1/pods": "pods"}
 CONFIG_MAPS = re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps(?:/([^/?]+))?$")
 
 
@@ -48,6 +52,7 @@ class FakeApiServer:
     def __init__(self, objects: list[JsonDict], *, port: int = 0) -> None:
         """`port`: 0 for any free one; a fixed one to come back on the same address after a simulated outage."""
         self.nodes = {o["metadata"]["name"]: copy.deepcopy(o) for o in objects if o["kind"] == "Node"}
+        self.pods = [copy.deepcopy(o) for o in objects if o["kind"] == "Pod"]
         self.config_maps = {
             (o["metadata"].get("namespace", "default"), o["metadata"]["name"]): copy.deepcopy(o)
             for o in objects if o["kind"] == "ConfigMap"
@@ -87,11 +92,13 @@ class FakeApiServer:
         self._version += 1
         return str(self._version)
 
-    def handle(self, method: str, path: str, body: Any) -> tuple[int, JsonDict]:
+    def handle(self, method: str, path: str, body: Any, query: str = "") -> tuple[int, JsonDict]:
         with self._lock:
             if self.fail_next:
                 status = self.fail_next.pop(0)
                 return status, _status(status, "injected failure")
+            if path in LISTS and method == "GET":
+                return 200, self._list(LISTS[path], query)
             if match := NODE.match(path):
                 return self._node(method, match.group(1), body)
             if match := CONFIG_MAPS.match(path):
@@ -107,6 +114,13 @@ class FakeApiServer:
             node["metadata"]["resourceVersion"] = self._next_version()
             self.nodes[name] = node
         return 200, node
+
+    def _list(self, kind: str, query: str) -> JsonDict:
+        selector = urllib.parse.parse_qs(query).get("labelSelector", [""])[0]
+        items = list(self.nodes.values()) if kind == "nodes" else self.pods
+        chosen = [copy.deepcopy(o) for o in items if _selected(o, selector)]
+        return {"kind": "NodeList" if kind == "nodes" else "PodList", "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self._version)}, "items": chosen}
 
     def _config_map(self, method: str, namespace: str, name: str | None, body: Any) -> tuple[int, JsonDict]:
         if method == "POST":
@@ -140,10 +154,10 @@ class FakeApiServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
-                path = self.path.split("?")[0]
+                path, _, query = self.path.partition("?")
                 server.requests.append(Request(self.command, path, self.headers.get("Content-Type", ""),
                                                self.headers.get("Authorization", ""), body))
-                status, reply = server.handle(self.command, path, body)
+                status, reply = server.handle(self.command, path, body, query)
                 data = json.dumps(reply).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -157,6 +171,15 @@ class FakeApiServer:
                 pass
 
         return Handler
+
+
+def _selected(obj: JsonDict, selector: str) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, selector.split(",")):
+        key, has_value, value = term.partition("=")
+        if key not in labels or (has_value and labels[key] != value):
+            return False
+    return True
 
 
 def _status(code: int, message: str) -> JsonDict:

@@ -14,7 +14,7 @@ from tests.chart.helm import Obj, Rendered, render, render_error
 
 ADMIN = ("admin-values.yaml",)
 DIGEST = "sha256:" + "ab12" * 16
-GPUGUARD_CONTAINERS = {"webhook", "extender", "agent", "policy-check", "certs", "health", "certificates"}
+GPUGUARD_CONTAINERS = {"webhook", "extender", "agent", "mig-layouts", "policy-check", "certs", "health", "certificates"}
 
 
 def containers_of(rendered: Rendered) -> dict[tuple[str, str], Obj]:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections import Counter
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
 from gpuguard.policy.loading import default_policy
-from gpuguard.simulate.engine import Outcome, pickers, replay, stranded
+from gpuguard.simulate.engine import SCHEDULERS, Outcome, pickers, replay, stranded
 from gpuguard.simulate.model import GPU, build_cluster, build_trace
+from gpuguard.simulate.report import MEASURES, table
 from tests.conftest import ROOT
 
 
@@ -68,12 +70,51 @@ def simulate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_gpuguard_simulate_prints_the_table_and_the_ratios() -> None:
+def test_gpuguard_simulate_prints_every_measure_and_names_the_ones_gpuguard_loses() -> None:
+    # 20 nodes, 600 pods, seed 2: gpuguard places more pods before the first unschedulable one, fewer over the trace
     result = simulate("--nodes", "20", "--pods", "600", "--seed", "2")
     assert result.returncode == 0, result.stderr
-    assert "placed before 1st unschedulable" in result.stdout
-    assert "gpuguard / default scheduler" in result.stdout
-    assert "gpuguard / offline best fit" in result.stdout
+    lines = result.stdout.splitlines()
+    for measure in MEASURES:
+        assert any(line.startswith(measure.name) for line in lines), measure.name
+    verdict = next(line for line in lines if line.startswith("gpuguard vs default:"))
+    assert "WORSE on" in verdict and "placed (whole trace)" in verdict and "unschedulable" in verdict
+    assert "placed before 1st unschedulable" not in verdict
+    assert any(line.startswith("gpuguard vs best-fit:") for line in lines)
+    assert "whole-GPU pods ask for" in lines[0]
+    assert "target" not in result.stdout
+
+
+def test_gpuguard_simulate_json_has_the_tables_fields_for_every_scheduler() -> None:
+    result = simulate("--nodes", "20", "--pods", "600", "--seed", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    outcomes = run(20, 600, 2)
+    assert set(report) == {"schedulers"}
+    assert set(report["schedulers"]) == set(SCHEDULERS)
+    for name, fields in report["schedulers"].items():
+        assert list(fields) == [m.name for m in MEASURES]
+        assert fields["placed (whole trace)"] == outcomes[name].placed
+        assert fields["unschedulable"] == outcomes[name].unschedulable
+        assert fields["placed before 1st unschedulable"] == outcomes[name].placed_before_first_failure
+
+
+def test_a_verdict_lists_every_measure_gpuguard_does_worse_on_and_none_it_wins() -> None:
+    outcomes = run(20, 600, 2)
+    text = table(list(outcomes.values()), heading="h")
+    ours, default = outcomes["gpuguard"], outcomes["default"]
+    worse = [m.name for m in MEASURES
+             if m.value(ours) != m.value(default) and (m.value(ours) > m.value(default)) != m.higher_is_better]
+    verdict = next(line for line in text.splitlines() if line.startswith("gpuguard vs default:"))
+    assert worse and verdict.endswith(", ".join(worse) + ".")
+
+
+def test_over_the_whole_trace_packing_loses_pods_only_to_small_ones_the_default_scheduler_places() -> None:
+    outcomes = run(20, 600, 2)
+    ours, default = outcomes["gpuguard"].placed_by_kind, outcomes["default"].placed_by_kind
+    assert sum(ours.values()) < sum(default.values())
+    assert ours["8-GPU"] + ours["4-GPU"] > default["8-GPU"] + default["4-GPU"]
+    assert outcomes["gpuguard"].whole_gpus_placed > outcomes["default"].whole_gpus_placed
 
 
 def test_a_cluster_too_small_for_every_node_kind_is_refused() -> None:
@@ -114,6 +155,12 @@ def test_without_groups_the_trace_and_its_outcome_are_unchanged() -> None:
     assert build_trace(300, 5) == build_trace(300, 5, llm_groups=0)
     outcome = run(20, 300, 5)["gpuguard"]
     assert (outcome.groups, outcome.groups_placed, outcome.groups_split) == (0, 0, 0)
+
+
+def test_llm_groups_are_refused_where_the_waiting_replay_would_not_count_them() -> None:
+    result = simulate("--pods", "50", "--llm-groups", "2", "--dynamic-mig")
+    assert result.returncode == 2
+    assert "--llm-groups" in result.stderr and "--dynamic-mig" in result.stderr
 
 
 def test_gpuguard_simulate_reports_split_groups_with_and_without_group_awareness() -> None:
